@@ -55,7 +55,7 @@ unit: airflow-db
 test: lint typecheck unit
 
 demo: airflow-db
-	$(BIN)/python -m airflow_opportunity_provider.demo
+	$(BIN)/python scripts/demo.py
 
 bench: airflow-db
 	$(BIN)/python -m benchmarks.bulk_load

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 V1_API_VERSION = "1.0"
@@ -69,7 +69,13 @@ def v1_string_to_sign(
     :param api_version: the ``X-Api-Version`` value.
     """
     return (
-        method + body_md5 + content_type + date + request_string + api_version + _canonical_ivvy_headers(headers)
+        method
+        + body_md5
+        + content_type
+        + date
+        + request_string
+        + api_version
+        + _canonical_ivvy_headers(headers)
     ).lower()
 
 
@@ -78,8 +84,8 @@ def ivvy_date(now: datetime | None = None) -> str:
 
     :param now: the moment of sending; the current time when omitted.
     """
-    moment = now or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    moment = now or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def sign_v1_request(
@@ -151,9 +157,7 @@ class TokenCache:
     ) -> None:
         self._clock = clock
         self._margin = margin
-        self._token: BearerToken | None = (
-            BearerToken(static_token, float("inf")) if static_token else None
-        )
+        self._token: BearerToken | None = BearerToken(static_token, float("inf")) if static_token else None
         self.is_static = bool(static_token)
         self.fetch_count = 0
         # A plain lock for threads; the asyncio client serialises its own fetches.

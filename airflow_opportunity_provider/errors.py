@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 V1 = "v1"
 V2 = "v2"
@@ -30,15 +31,23 @@ _AUTH_STATUSES = {401, 403, 462, 463}
 
 
 class OpportunityError(AirflowException):
-    """Base class of every error this provider raises."""
+    """Base class of every error this provider raises.
+
+    ``status_code`` holds the platform's HTTP status (``None`` when no answer came), not the
+    status Airflow's own API server would use for the exception.
+    """
+
+    status_code: int | None = None  # type: ignore[assignment]
 
 
 class OpportunityConfigurationError(OpportunityError):
     """The Airflow connection lacks what a call needs; the message names the fields to fill in."""
 
 
-class PayloadValidationError(OpportunityError, ValueError):
+class PayloadValidationError(OpportunityError, AirflowFailException, ValueError):
     """A payload broke the JSON Schema; nothing was sent.
+
+    A retry cannot mend a payload, so a task that raises it fails without its retries.
 
     :param problems: one ``(json_path, reason)`` pair per problem, all of them at once.
     :param schema_name: the schema the payload was checked against.
@@ -159,8 +168,11 @@ class OpportunityConnectionError(OpportunityError):
         self.sent = sent
 
 
-class OpportunityOutcomeUnknownError(OpportunityError):
+class OpportunityOutcomeUnknownError(OpportunityError, AirflowFailException):
     """A v1 create was sent but its outcome cannot be known; it was deliberately not resent.
+
+    It is an ``AirflowFailException``: a task that raises it fails without its remaining
+    retries, because a task retry would send the create again.
 
     Resending could create the opportunity twice. Look the record up in the CRM (by its
     name, contact and venue) before sending it again.
@@ -199,10 +211,10 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         pass
     try:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         when = parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
     except (TypeError, ValueError, IndexError):
         return None
 
@@ -330,7 +342,7 @@ def v1_error(
             V1_INVALID_DETAILS: "correct the fields named above",
             V1_PARAMETER_INVALID: "correct the parameter named above",
             V1_PARAMETER_MISSING: "add the missing parameter named above",
-        }[specific]  # type: ignore[index]
+        }[specific]
         return OpportunityInvalidError(
             f"{what} was refused as invalid ({specific}: {detail}{extra}): {advice}.", **common
         )
@@ -379,13 +391,15 @@ def v2_error(
             platform=V2,
             body=body,
         )
-    message = None
+    platform_message: str | None = None
     if isinstance(body, dict):
         raw = body.get("message") or body.get("Message") or body.get("ValidationMessage")
-        message = str(raw) if raw else None
+        platform_message = str(raw) if raw else None
     elif isinstance(body, str) and body:
-        message = body
-    return _status_error(V2, status, body, retry_after_seconds(headers), what, platform_message=message)
+        platform_message = body
+    return _status_error(
+        V2, status, body, retry_after_seconds(headers), what, platform_message=platform_message
+    )
 
 
 def _as_int(value: Any) -> int | None:

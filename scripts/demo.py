@@ -1,0 +1,98 @@
+"""The main job, end to end on this machine: the mock CRM server, then the example DAGs against it.
+
+``make demo`` runs it. It starts the mock CRM on a free loopback port, points the
+``opportunity_default`` connection at it, runs each example DAG with ``airflow dags test``
+and prints what the CRM now holds, then stops the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from airflow_opportunity_provider.mock_crm.testing import connection_dict
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+OUTPUT = REPO / "demo-output"
+# Lines of our own operators' logs that say what happened, picked out of `airflow dags test`.
+_OPERATOR_LINE = re.compile(
+    r"(Created v1 opportunity \d+|Updated v1 opportunity \d+|Updated v2 \w+ opportunity \d+)"
+)
+
+
+def start_mock() -> tuple[subprocess.Popen[str], str]:
+    """Start the mock CRM server as its own process and return it with its base URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "airflow_opportunity_provider.mock_crm", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()
+    match = re.search(r"http://\S+", line)
+    if not match:
+        process.kill()
+        raise SystemExit(f"the mock CRM server did not start: {line!r}")
+    return process, match.group(0)
+
+
+def fetch(base_url: str, path: str) -> Any:
+    """Read one of the mock's inspection endpoints."""
+    with urllib.request.urlopen(base_url + path, timeout=10) as answer:
+        return json.load(answer)
+
+
+def run_dag(dag_id: str, env: dict[str, str]) -> str:
+    """Run a DAG with ``airflow dags test``; its full output goes to ``demo-output/<dag_id>.log``."""
+    OUTPUT.mkdir(exist_ok=True)
+    result = subprocess.run(
+        [str(BIN / "airflow"), "dags", "test", dag_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    log = result.stdout + result.stderr
+    (OUTPUT / f"{dag_id}.log").write_text(log)
+    if result.returncode != 0 or "state=failed" in log or "DagRunState.FAILED" in log:
+        print(log[-4000:])
+        raise SystemExit(f"`airflow dags test {dag_id}` failed; full output in demo-output/{dag_id}.log")
+    return log
+
+
+def main() -> None:
+    """Run the demo."""
+    mock, base_url = start_mock()
+    try:
+        env = dict(os.environ)
+        env["AIRFLOW_CONN_OPPORTUNITY_DEFAULT"] = json.dumps(connection_dict(base_url))
+        print(f"Mock CRM server listening on {base_url}\n")
+
+        print("== opportunity_example: v1 create, v1 update by the returned id, v2 put ==")
+        log = run_dag("opportunity_example", env)
+        for line in dict.fromkeys(_OPERATOR_LINE.findall(log)):
+            print(f"  {line}")
+        stored = fetch(base_url, "/_mock/opportunities")
+        for record in stored["v1"]:
+            print(f"  CRM now holds v1 opportunity {record['id']}: name={record.get('name')!r}")
+        changed = [r for r in stored["v2"] if str(r.get("OpportunityID") or "").startswith("V1-")]
+        for record in changed:
+            print(
+                f"  CRM now holds v2 {record['Type']} opportunity {record['ID']}: "
+                f"OpportunityID={record['OpportunityID']!r} stage={record.get('StageName')!r}"
+            )
+        print(f"\nFull logs in {OUTPUT.relative_to(REPO)}/")
+    finally:
+        mock.terminate()
+        mock.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
