@@ -86,7 +86,8 @@ def main() -> None:
         for record in changed:
             print(
                 f"  CRM now holds v2 {record['Type']} opportunity {record['ID']}: "
-                f"OpportunityID={record['OpportunityID']!r} stage={record.get('StageName')!r}"
+                f"OpportunityID={record['OpportunityID']!r} stage id={record.get('OpportunityStageID')} "
+                f"revenue={record.get('SalesRevenue')}"
             )
         print(f"\nFull logs in {OUTPUT.relative_to(REPO)}/")
     finally:
