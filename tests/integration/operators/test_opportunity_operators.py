@@ -12,12 +12,12 @@ from airflow.sdk import DAG, task
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_opportunity_provider.errors import PayloadValidationError
-from tests.helpers import run_dag_test
 from airflow_opportunity_provider.mock_crm import MockCrmServer
 from airflow_opportunity_provider.operators.opportunity import (
     AddOrUpdateOpportunityOperator,
     PutOpportunityV2Operator,
 )
+from tests.helpers import run_dag_test
 
 NEW = {"venueId": 107, "name": "Lead By API", "contactId": 918, "typeId": 18, "sourceId": 25, "stageId": 69}
 
