@@ -118,7 +118,8 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
         super().__init__(**kwargs)
         self.payload = payload
         self.opportunity_conn_id = opportunity_conn_id
-        self.dry_run = dry_run
+        # Not ``self.dry_run``: BaseOperator.dry_run() is a method Airflow's CLI calls.
+        self.is_dry_run = dry_run
         # A payload without templates can be checked now, so a broken DAG shows an import
         # error in the UI instead of failing when it runs.
         if isinstance(payload, Mapping) and _is_plain(payload):
@@ -128,7 +129,7 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
         """Validate the rendered payload, send it, and push the returned id."""
         payload = _payload_dict(self.payload, self.task_id)
         validate_add_or_update_payload(payload)
-        if self.dry_run:
+        if self.is_dry_run:
             _dry_run_log(self, "POST", self.opportunity_conn_id, V1_ADD_OR_UPDATE, payload)
             return None
         hook = OpportunityHook(self.opportunity_conn_id)
@@ -184,7 +185,8 @@ class PutOpportunityV2Operator(BaseOperator):
         self.payload = payload
         self.language_id = language_id
         self.opportunity_conn_id = opportunity_conn_id
-        self.dry_run = dry_run
+        # Not ``self.dry_run``: BaseOperator.dry_run() is a method Airflow's CLI calls.
+        self.is_dry_run = dry_run
         if isinstance(payload, Mapping) and _is_plain(
             [opportunity_id, opportunity_type, language_id, payload]
         ):
@@ -211,7 +213,7 @@ class PutOpportunityV2Operator(BaseOperator):
         document = self._document(_payload_dict(self.payload, self.task_id))
         validate_put_request(document)
         opportunity_id, opportunity_type, language_id, body = split_put_request(document)
-        if self.dry_run:
+        if self.is_dry_run:
             path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
             _dry_run_log(self, "PUT", self.opportunity_conn_id, path, body)
             return None
