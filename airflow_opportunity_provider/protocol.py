@@ -10,7 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
 
+from airflow_opportunity_provider.auth import TokenCache, client_credentials_form
+from airflow_opportunity_provider.connection import OpportunitySettings
 from airflow_opportunity_provider.errors import (
+    OpportunityAuthenticationError,
     OpportunityRequestFailedError,
     v1_error,
     v2_error,
@@ -111,3 +114,42 @@ def read_v2_answer(status: int, headers: Mapping[str, str], body: Any, what: str
     if 200 <= status < 300:
         return body
     raise v2_error(status, headers, body, what)
+
+
+def v2_token_request(settings: OpportunitySettings) -> tuple[str, dict[str, str]]:
+    """The token endpoint and the client-credentials form to post to it.
+
+    :param settings: the connection's settings; an error names what is missing.
+    """
+    client_id, client_secret, token_url = (
+        settings.v2_client_id,
+        settings.v2_client_secret,
+        settings.v2_token_url,
+    )
+    if not (client_id and client_secret and token_url):
+        settings.require_v2()  # raises, naming the missing fields
+        raise OpportunityAuthenticationError("The v2 client credentials are incomplete.")
+    return token_url, client_credentials_form(client_id, client_secret, settings.v2_scope)
+
+
+def read_v2_token_answer(
+    cache: TokenCache, conn_id: str, status: int, headers: Mapping[str, str], body: Any
+) -> str:
+    """Keep the token from a token-endpoint answer in ``cache`` and return it, or raise.
+
+    :param cache: where the token is kept.
+    :param conn_id: the connection, named in the error.
+    :param status: the HTTP status.
+    :param headers: the answer's headers.
+    :param body: the decoded answer body.
+    """
+    if status == 200 and isinstance(body, dict) and body.get("access_token"):
+        return cache.store(body)
+    if status in (400, 401, 403):
+        raise OpportunityAuthenticationError(
+            f"The v2 token endpoint refused the client credentials of connection {conn_id!r} "
+            f"(HTTP {status}); check extra.v2_client_id, extra.v2_client_secret and extra.v2_scope.",
+            status_code=status,
+            platform="v2",
+        )
+    return read_v2_answer(status, headers, body, "The v2 token request")  # raises

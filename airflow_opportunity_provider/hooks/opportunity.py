@@ -17,7 +17,7 @@ from requests.adapters import HTTPAdapter
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from airflow_opportunity_provider import __version__
-from airflow_opportunity_provider.auth import TokenCache, client_credentials_form, sign_v1_request
+from airflow_opportunity_provider.auth import TokenCache, sign_v1_request
 from airflow_opportunity_provider.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
@@ -40,8 +40,10 @@ from airflow_opportunity_provider.protocol import (
     read_v1_answer,
     read_v1_ping,
     read_v2_answer,
+    read_v2_token_answer,
     v1_request_string,
     v2_opportunity_path,
+    v2_token_request,
 )
 from airflow_opportunity_provider.retries import Backoff, is_outcome_unknown, should_retry
 from airflow_opportunity_provider.schemas import validate_add_or_update_payload, validate_put_request
@@ -318,30 +320,12 @@ class OpportunityHook(BaseHook):
 
     def _fetch_token(self, cache: TokenCache) -> str:
         settings = self.settings
-        client_id, client_secret, token_url = (
-            settings.v2_client_id,
-            settings.v2_client_secret,
-            settings.v2_token_url,
-        )
-        if not (client_id and client_secret and token_url):
-            settings.require_v2()  # raises, naming the missing fields
-            raise OpportunityAuthenticationError("The v2 client credentials are incomplete.")
-        form = client_credentials_form(client_id, client_secret, settings.v2_scope)
+        token_url, form = v2_token_request(settings)
 
         def read(status: int, headers: Mapping[str, str], body: Any) -> str:
-            if status == 200 and isinstance(body, dict) and body.get("access_token"):
-                token = cache.store(body)
-                mask_secret(token)
-                return token
-            if status in (400, 401, 403):
-                raise OpportunityAuthenticationError(
-                    f"The v2 token endpoint refused the client credentials of connection "
-                    f"{settings.conn_id!r} (HTTP {status}); check extra.v2_client_id, "
-                    "extra.v2_client_secret and extra.v2_scope.",
-                    status_code=status,
-                    platform="v2",
-                )
-            return read_v2_answer(status, headers, body, "The v2 token request")  # raises
+            token = read_v2_token_answer(cache, settings.conn_id, status, headers, body)
+            mask_secret(token)
+            return token
 
         self.log.info("Fetching a v2 access token from %s", token_url)
         return self._call(
