@@ -1,0 +1,380 @@
+"""SqlToOpportunityOperator: a scheduled, idempotent load of a warehouse table into the CRM.
+
+Each run reads a SQL query in chunks, sends only the rows that changed since the last run,
+creates each record at most once (rows already created are sent as updates of their stored
+id), records every row's fate in a sync-state table, and fails after the last row when the
+rejects exceed the threshold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from airflow.providers.common.compat.sdk import BaseOperator, Context, conf
+
+from airflow_opportunity_provider.connection import DEFAULT_CONN_ID
+from airflow_opportunity_provider.errors import OpportunityConfigurationError
+from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClient
+from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
+from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, V2_OPPORTUNITIES
+from airflow_opportunity_provider.transfers.engine import (
+    EngineSettings,
+    RunResult,
+    new_run_id,
+    run_sync_blocking,
+)
+from airflow_opportunity_provider.transfers.progress import ProgressReporter
+from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
+from airflow_opportunity_provider.transfers.source import SqlSource, get_db_hook
+from airflow_opportunity_provider.transfers.state import DEFAULT_STATE_TABLE, SyncState, check_table_name
+from airflow_opportunity_provider.transfers.summary import (
+    OUTCOMES,
+    OpportunitySyncError,
+    Threshold,
+    format_summary,
+    verdict,
+)
+
+# Executors that run every task on the scheduler's machine, where a local state file is shared.
+_LOCAL_EXECUTORS = frozenset({"", "LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+XCOM_SUMMARY_KEY = "sync_summary"
+
+
+def _check_threshold(name: str, value: Any) -> Threshold:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be an int (a count of rows), a float (a share of rows) or None.")
+    if isinstance(value, float) and not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} as a float is a share of the rows, between 0.0 and 1.0; got {value}.")
+    if value < 0:
+        raise ValueError(f"{name} must not be negative; got {value}.")
+    return value
+
+
+def _is_distributed_executor(executor_setting: str) -> bool:
+    """Whether ``[core] executor`` names an executor that may run tasks on other machines."""
+    for part in executor_setting.split(","):
+        name = part.strip().split(":")[-1].split(".")[-1]
+        if name not in _LOCAL_EXECUTORS:
+            return True
+    return False
+
+
+class SqlToOpportunityOperator(BaseOperator):
+    """Load the rows of a SQL query into the CRM: create-once, only changed rows, every row's fate recorded.
+
+    Every row is named by its key columns. The sync state (per ``sync_name`` and key: the CRM
+    id, a hash of the last payload sent, the last outcome and its time) makes each run send
+    only rows that are new, changed, or failed last time; a row created once is afterwards
+    always sent as an update of its stored id. A v1 create whose outcome cannot be known is
+    recorded as ``unknown`` and is not sent again unless ``on_unknown="resend"``.
+
+    :param sql: the query that returns the source rows (templated; a ``.sql`` file works too).
+    :param sql_conn_id: the Airflow connection of the source database (any SQL provider).
+    :param key_columns: the column, or list of columns, that names each row.
+    :param mapping: payload field -> column name (a NULL column leaves its field out), or a
+        callable that takes the row as a dict and returns the payload.
+    :param target: ``"v1"`` (add-or-update; without a stored id the row is created) or ``"v2"``
+        (put; the payload carries ``Id``, ``opportunityType`` and optional ``LanguageId``).
+    :param opportunity_conn_id: the CRM connection.
+    :param sync_name: names this sync in the state (templated); ``<dag_id>.<task_id>`` by default.
+    :param state_conn_id: the SQL connection that holds the state and rejects tables (templated);
+        by default a local SQLite file under ``$AIRFLOW_HOME/opportunity_sync/``, which is only
+        safe when every run of the sync happens on one machine.
+    :param state_table: the state table name (``table`` or ``schema.table``); the rejects go
+        to ``<state_table>_rejects``.
+    :param concurrency: requests in flight at once.
+    :param rate_limit: requests per second across all workers of this task; ``None`` for none.
+    :param burst: requests that may go at once after a quiet spell (default: ``rate_limit``).
+    :param max_rejected: rejected rows allowed before the task fails: an int count or a float
+        share of the rows; ``None`` for no limit. A run where no row loaded always fails.
+    :param max_unknown: rows with an unknown outcome allowed before the task fails (int, float
+        share or ``None``).
+    :param on_unknown: ``"skip"`` rows whose create had an unknown outcome (counted as unknown
+        until resolved) or ``"resend"`` them (may create a duplicate in the CRM).
+    :param dry_run: validate and diff against the state, report what would be sent, send and
+        write nothing.
+    :param partition_index: which partition of the keys this task loads (``.expand()`` it).
+    :param partition_count: how many partitions the keys are spread over.
+    :param chunk_size: rows fetched at a time.
+    :param progress_interval: seconds between progress lines in the task log.
+    :param count_source_rows: run ``SELECT COUNT(*)`` over the query first, for the time-left estimate.
+    """
+
+    template_fields: Sequence[str] = ("sql", "sync_name", "state_conn_id")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql"}
+    ui_color = "#e8f4ea"
+
+    def __init__(
+        self,
+        *,
+        sql: str,
+        sql_conn_id: str,
+        key_columns: str | Sequence[str],
+        mapping: Mapping[str, str] | Callable[[dict[str, Any]], Mapping[str, Any]],
+        target: Literal["v1", "v2"] = "v1",
+        opportunity_conn_id: str = DEFAULT_CONN_ID,
+        sync_name: str | None = None,
+        state_conn_id: str | None = None,
+        state_table: str = DEFAULT_STATE_TABLE,
+        concurrency: int = 16,
+        rate_limit: float | None = None,
+        burst: int | None = None,
+        max_rejected: Threshold = 0,
+        max_unknown: Threshold = 0,
+        on_unknown: Literal["skip", "resend"] = "skip",
+        dry_run: bool = False,
+        partition_index: int = 0,
+        partition_count: int = 1,
+        chunk_size: int = 1000,
+        progress_interval: float = 10.0,
+        count_source_rows: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        # Checked here, so that a wrong DAG fails when it is parsed rather than at 3 a.m.
+        columns = [key_columns] if isinstance(key_columns, str) else list(key_columns)
+        if not columns or not all(isinstance(column, str) and column for column in columns):
+            raise ValueError("key_columns must be a column name or a non-empty list of column names.")
+        if isinstance(mapping, Mapping):
+            if not mapping or not all(isinstance(v, str) for v in mapping.values()):
+                raise ValueError(
+                    "mapping must map payload fields to column names (strings), or be a callable."
+                )
+        elif not callable(mapping):
+            raise ValueError(
+                "mapping must be a dict (payload field -> column) or a callable(row) -> payload."
+            )
+        if target not in ("v1", "v2"):
+            raise ValueError(f"target must be 'v1' or 'v2'; got {target!r}.")
+        if on_unknown not in ("skip", "resend"):
+            raise ValueError(f"on_unknown must be 'skip' or 'resend'; got {on_unknown!r}.")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError("concurrency must be a whole number of at least 1.")
+        if rate_limit is not None and rate_limit <= 0:
+            raise ValueError("rate_limit must be above 0 requests per second, or None for no limit.")
+        if burst is not None and burst < 1:
+            raise ValueError("burst must be at least 1.")
+        if not isinstance(partition_count, int) or partition_count < 1:
+            raise ValueError("partition_count must be a whole number of at least 1.")
+        if not isinstance(partition_index, int) or not 0 <= partition_index < partition_count:
+            raise ValueError(
+                f"partition_index must be between 0 and partition_count - 1 ({partition_count - 1}); "
+                f"got {partition_index!r}."
+            )
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError("chunk_size must be a whole number of at least 1.")
+        try:
+            check_table_name(state_table)
+        except OpportunityConfigurationError as error:
+            raise ValueError(str(error)) from None
+        self.sql = sql
+        self.sql_conn_id = sql_conn_id
+        self.key_columns = columns
+        self.mapping = mapping
+        self.target: Literal["v1", "v2"] = target
+        self.opportunity_conn_id = opportunity_conn_id
+        self.sync_name = sync_name
+        self.state_conn_id = state_conn_id
+        self.state_table = state_table
+        self.concurrency = concurrency
+        self.rate_limit = rate_limit
+        self.burst = burst
+        self.max_rejected = _check_threshold("max_rejected", max_rejected)
+        self.max_unknown = _check_threshold("max_unknown", max_unknown)
+        self.on_unknown: Literal["skip", "resend"] = on_unknown
+        # Not ``self.dry_run``: BaseOperator has a dry_run() method of its own (it renders templates).
+        self.is_dry_run = dry_run
+        self.partition_index = partition_index
+        self.partition_count = partition_count
+        self.chunk_size = chunk_size
+        self.progress_interval = progress_interval
+        self.count_source_rows = count_source_rows
+        self.last_summary: dict[str, Any] | None = None
+
+    @property
+    def target_endpoint(self) -> str:
+        """The CRM endpoint this load writes to (for lineage): method and path."""
+        if self.target == "v1":
+            return f"POST {V1_ADD_OR_UPDATE}"
+        return f"PUT {V2_OPPORTUNITIES}/{{Id}}"
+
+    @property
+    def effective_sync_name(self) -> str:
+        """The sync's name in the state: ``sync_name``, or ``<dag_id>.<task_id>`` (one per mapped task group)."""
+        if self.sync_name:
+            return str(self.sync_name)
+        dag_id = self.dag_id if self.has_dag() else "no_dag"
+        return f"{dag_id}.{self.task_id}"
+
+    def _state(self, sync_name: str, run_id: str, context: Context) -> SyncState:
+        dag_run = context.get("run_id") if hasattr(context, "get") else None
+        options: dict[str, Any] = {
+            "sync_name": sync_name,
+            "run_id": run_id,
+            "table": self.state_table,
+            "dag_run_id": str(dag_run) if dag_run else None,
+        }
+        if self.state_conn_id:
+            return SyncState.from_conn_id(str(self.state_conn_id), **options)
+        executor = conf.get("core", "executor", fallback="")
+        if _is_distributed_executor(executor or ""):
+            self.log.warning(
+                "!!! SqlToOpportunityOperator %r keeps its sync state in a LOCAL SQLite file, but the "
+                "executor is %r: each worker machine then has its own state, so a run on another "
+                "machine does not know which rows were already created and can CREATE DUPLICATES. "
+                "Set state_conn_id to a SQL connection on a database every worker reaches (e.g. "
+                "PostgreSQL).",
+                self.task_id,
+                executor,
+            )
+        return SyncState.local(**options)
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        """Run the sync and return its summary (also pushed to XCom as ``sync_summary``)."""
+        sync_name = self.effective_sync_name
+        run_id = new_run_id()
+        hook = OpportunityHook(self.opportunity_conn_id)
+        if not self.is_dry_run:
+            # Fail before reading a row when the connection cannot reach the chosen target.
+            if self.target == "v1":
+                hook.settings.require_v1()
+            else:
+                hook.settings.require_v2()
+        source = SqlSource(
+            get_db_hook(self.sql_conn_id, purpose="sql_conn_id"),
+            str(self.sql),
+            key_columns=self.key_columns,
+            mapping=self.mapping,
+            partition_index=self.partition_index,
+            partition_count=self.partition_count,
+            chunk_size=self.chunk_size,
+        )
+        state = self._state(sync_name, run_id, context)
+        self.log.info(
+            "Sync %r (run %s): %s from %r to %s %s, state in %s (%s); concurrency %d, rate limit %s%s%s",
+            sync_name,
+            run_id,
+            "dry run" if self.is_dry_run else "loading",
+            self.sql_conn_id,
+            self.target,
+            self.target_endpoint,
+            state.location,
+            state.table,
+            self.concurrency,
+            f"{self.rate_limit:g}/s" if self.rate_limit else "none",
+            f", partition {self.partition_index} of {self.partition_count}"
+            if self.partition_count > 1
+            else "",
+            f", on_unknown={self.on_unknown}",
+        )
+        settings = EngineSettings(
+            target=self.target,
+            concurrency=self.concurrency,
+            rate_limit=self.rate_limit,
+            burst=self.burst,
+            on_unknown=self.on_unknown,
+            dry_run=self.is_dry_run,
+            progress_interval=self.progress_interval,
+        )
+        progress = ProgressReporter(self.progress_interval, logger=self.log)
+        if self.count_source_rows:
+            total = _run_on_own_thread(source.count_rows)
+            if total is not None:
+                progress.total = -(-total // self.partition_count)  # this partition's share, about
+
+        def client_factory(gate: SharedRateLimiter) -> AsyncOpportunityClient:
+            return AsyncOpportunityClient.from_hook(hook, concurrency=self.concurrency, gate=gate)
+
+        result = _run_on_own_thread(
+            lambda: run_sync_blocking(
+                settings, source, state, None if self.is_dry_run else client_factory, progress
+            )
+        )
+        summary = self._summary(sync_name, run_id, state, result)
+        reason = verdict(summary, self.max_rejected, self.max_unknown)
+        summary["failure_reason"] = reason if result.fatal is None else summary["stopped_early"]
+        self.last_summary = summary
+        self._push_summary(context, summary)
+        text = format_summary(summary)
+        if isinstance(result.fatal, OpportunityConfigurationError) and not result.counts.rows:
+            # Nothing was read or sent: the user's setting is the whole story.
+            raise result.fatal
+        if result.fatal is not None:
+            self.log.error("%s", text)
+            raise OpportunitySyncError(
+                f"The sync stopped before the last row: {result.fatal}\n{text}", summary
+            ) from result.fatal
+        if reason and not self.is_dry_run:
+            self.log.error("%s", text)
+            raise OpportunitySyncError(f"The sync failed: {reason}.\n{text}", summary)
+        self.log.info("%s", text)
+        if reason:
+            self.log.warning("A real run would fail: %s.", reason)
+        return summary
+
+    def _summary(self, sync_name: str, run_id: str, state: SyncState, result: RunResult) -> dict[str, Any]:
+        counts = result.counts
+        duration = counts.elapsed()
+        summary: dict[str, Any] = {
+            "sync_name": sync_name,
+            "sync_run_id": run_id,
+            "target": self.target,
+            "dry_run": self.is_dry_run,
+            "partition_index": self.partition_index,
+            "partition_count": self.partition_count,
+            "rows_read": counts.rows_read,
+            "rows": counts.rows,
+            **{outcome: counts.outcomes[outcome] for outcome in OUTCOMES},
+            "requests_sent": result.requests_sent,
+            "retries": result.retries,
+            "rate_limited_answers": result.rate_limited_answers,
+            "rate_limit_pauses": result.rate_limit_pauses,
+            "duration_seconds": round(duration, 3),
+            "rows_per_second": round(counts.rows / duration, 1) if duration > 0 else 0.0,
+            "requests_per_second": round(result.requests_sent / duration, 1) if duration > 0 else 0.0,
+            "state": state.location,
+            "state_table": state.table,
+            "rejects_table": state.rejects_table,
+            "unknown_from_interrupted_runs": result.interrupted_creates,
+            "first_problems": [list(problem) for problem in counts.shown_rejects],
+            "stopped_early": None
+            if result.fatal is None
+            else f"{type(result.fatal).__name__}: {result.fatal}",
+        }
+        return summary
+
+    @staticmethod
+    def _push_summary(context: Context, summary: dict[str, Any]) -> None:
+        ti = context.get("ti") if hasattr(context, "get") else None
+        if ti is not None:
+            # Pushed on failure too, where the return value is not: the summary of a failed
+            # run is the first thing to look at.
+            ti.xcom_push(key=XCOM_SUMMARY_KEY, value=summary)
+
+
+def _run_on_own_thread(function: Callable[[], Any]) -> Any:
+    """Run ``function`` on this thread, or on a new one when an event loop already runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return function()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="opportunity-sync")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")

@@ -1,0 +1,1 @@
+"""Benchmarks of the provider; each prints its figures and asserts nothing."""

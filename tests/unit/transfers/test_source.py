@@ -1,0 +1,149 @@
+"""The source reader: stable partitions, row keys, payload hashes, chunked reading and mapping."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from airflow_opportunity_provider.errors import OpportunityConfigurationError
+from airflow_opportunity_provider.transfers.source import SqlSource, partition_of, payload_hash, source_key
+
+
+def test_partitions_are_stable_across_processes_and_spread_evenly() -> None:
+    # Pinned values: the same key must land in the same partition on every worker, forever
+    # (Python's hash() would differ from one process to the next).
+    assert [partition_of(f"WH-{n:06d}", 4) for n in range(1, 9)] == [2, 1, 0, 3, 0, 0, 2, 2]
+    assert partition_of('[1,"Pre"]', 7) == 3
+    assert partition_of("anything", 1) == 0
+    spread = Counter(partition_of(f"key-{n}", 4) for n in range(4000))
+    assert set(spread) == {0, 1, 2, 3}
+    assert min(spread.values()) > 900
+
+
+def test_source_key_is_the_value_for_one_column_and_json_for_several() -> None:
+    assert source_key(["WH-000001"]) == "WH-000001"
+    assert source_key([42]) == "42"
+    assert source_key([Decimal("1.50")]) == "1.50"
+    assert source_key([date(2026, 1, 2)]) == "2026-01-02"
+    assert source_key([1, "Pre"]) == '[1,"Pre"]'
+
+
+def test_payload_hash_ignores_key_order_and_sees_every_digit() -> None:
+    assert payload_hash({"a": 1, "b": "x"}) == payload_hash({"b": "x", "a": 1})
+    assert payload_hash({"v": Decimal("1.10")}) != payload_hash({"v": Decimal("1.1")})
+    assert len(payload_hash({})) == 32
+
+
+class _FakeHook:
+    """Enough of a DbApiHook for SqlSource: a connection factory."""
+
+    def __init__(self, connect: Any) -> None:
+        self.get_conn = connect
+
+
+class _CountingCursor:
+    def __init__(self, cursor: sqlite3.Cursor, calls: list[int]) -> None:
+        self._cursor = cursor
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def fetchall(self) -> Any:
+        raise AssertionError("the source must never fetch the whole result")
+
+    def fetchmany(self, size: int) -> Any:
+        self._calls.append(size)
+        return self._cursor.fetchmany(size)
+
+
+class _CountingConnection:
+    def __init__(self, connection: sqlite3.Connection, calls: list[int]) -> None:
+        self._connection = connection
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def cursor(self) -> _CountingCursor:
+        return _CountingCursor(self._connection.cursor(), self._calls)
+
+
+@pytest.fixture
+def database(tmp_path: Any) -> str:
+    path = str(tmp_path / "source.db")
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (ref TEXT, name TEXT, amount TEXT)")
+        connection.executemany(
+            "INSERT INTO t VALUES (?, ?, ?)",
+            [(f"R{n:03d}", None if n == 3 else f"Name {n}", f"{n}.50") for n in range(1, 26)]
+            + [(None, "no key", "1")],
+        )
+    return path
+
+
+def _source(database: str, calls: list[int], **options: Any) -> SqlSource:
+    hook = _FakeHook(lambda: _CountingConnection(sqlite3.connect(database), calls))
+    defaults: dict[str, Any] = {"key_columns": ["ref"], "mapping": {"name": "name"}, "chunk_size": 10}
+    defaults.update(options)
+    return SqlSource(hook, "SELECT * FROM t ORDER BY ref", **defaults)  # type: ignore[arg-type]
+
+
+def _read_all(source: SqlSource) -> list[Any]:
+    source.open()
+    rows = []
+    while (chunk := source.read_chunk()) is not None:
+        rows.extend(chunk)
+    source.close()
+    return rows
+
+
+def test_rows_are_read_in_chunks_with_fetchmany(database: str) -> None:
+    calls: list[int] = []
+    rows = _read_all(_source(database, calls))
+    assert calls == [10, 10, 10, 10]  # 26 rows: 10 + 10 + 6, then the empty fetch
+    assert len(rows) == 26
+    by_key = {row.key: row for row in rows}
+    assert by_key["R001"].payload == {"name": "Name 1"}
+    assert by_key["R003"].payload == {}  # a NULL column leaves its field out
+    assert by_key[""].problem == ("key", "a key column is NULL (['ref'])")
+
+
+def test_a_callable_mapping_gets_the_row_as_a_dict_and_its_errors_reject_one_row(database: str) -> None:
+    def mapping(row: dict[str, Any]) -> dict[str, Any]:
+        if row["ref"] == "R002":
+            raise ValueError("bad row")
+        return {"OpportunityName": row["name"], "AcctPotential": Decimal(row["amount"])}
+
+    rows = {row.key: row for row in _read_all(_source(database, [], mapping=mapping))}
+    assert rows["R001"].payload == {"OpportunityName": "Name 1", "AcctPotential": Decimal("1.50")}
+    assert rows["R002"].problem == ("mapping", "mapping failed: ValueError: bad row")
+
+
+def test_partitions_split_the_rows_without_overlap(database: str) -> None:
+    seen: list[str] = []
+    for index in range(3):
+        seen += [
+            row.key for row in _read_all(_source(database, [], partition_index=index, partition_count=3))
+        ]
+    # The NULL-key row is reported once, by partition 0.
+    assert sorted(seen) == sorted([f"R{n:03d}" for n in range(1, 26)] + [""])
+
+
+def test_unknown_columns_are_named_with_the_columns_there_are(database: str) -> None:
+    source = _source(database, [], key_columns=["id"], mapping={"name": "title"})
+    with pytest.raises(OpportunityConfigurationError, match=r"'id', 'title'.*ref, name, amount"):
+        source.open()
+
+
+def test_count_rows_counts_the_whole_query_on_its_own_connection(database: str) -> None:
+    assert _source(database, []).count_rows() == 26
+    broken = SqlSource(
+        _FakeHook(lambda: sqlite3.connect(database)), "SELECT nonsense", key_columns=["a"], mapping={}
+    )  # type: ignore[arg-type]
+    assert broken.count_rows() is None

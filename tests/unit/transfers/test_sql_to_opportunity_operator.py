@@ -1,0 +1,97 @@
+"""SqlToOpportunityOperator's arguments: checked when the DAG is parsed, with messages that say what to change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+from airflow_opportunity_provider.transfers.sql_to_opportunity import _is_distributed_executor
+
+BASE: dict[str, Any] = {
+    "task_id": "load",
+    "sql": "SELECT 1",
+    "sql_conn_id": "warehouse",
+    "key_columns": "ref",
+    "mapping": {"name": "name"},
+}
+
+
+def test_defaults() -> None:
+    operator = SqlToOpportunityOperator(**BASE)
+    assert operator.key_columns == ["ref"]
+    assert (operator.target, operator.opportunity_conn_id, operator.state_conn_id) == (
+        "v1",
+        "opportunity_default",
+        None,
+    )
+    assert (operator.concurrency, operator.rate_limit, operator.burst) == (16, None, None)
+    assert (operator.max_rejected, operator.max_unknown, operator.on_unknown) == (0, 0, "skip")
+    assert (operator.partition_index, operator.partition_count, operator.chunk_size) == (0, 1, 1000)
+    assert operator.is_dry_run is False
+    assert set(operator.template_fields) == {"sql", "sync_name", "state_conn_id"}
+    assert operator.target_endpoint == "POST /api/1.0/venue?action=addOrUpdateOpportunity"
+    assert (
+        SqlToOpportunityOperator(**{**BASE, "target": "v2"}).target_endpoint
+        == "PUT /api/v2/opportunities/{Id}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"key_columns": []}, "key_columns"),
+        ({"mapping": {}}, "mapping"),
+        ({"mapping": "name"}, "mapping"),
+        ({"target": "v3"}, "target"),
+        ({"on_unknown": "retry"}, "on_unknown"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"rate_limit": 0}, "rate_limit"),
+        ({"burst": 0}, "burst"),
+        ({"max_rejected": -1}, "max_rejected"),
+        ({"max_rejected": 1.5}, "max_rejected"),
+        ({"max_rejected": True}, "max_rejected"),
+        ({"max_unknown": "3"}, "max_unknown"),
+        ({"partition_count": 0}, "partition_count"),
+        ({"partition_index": 4, "partition_count": 4}, "partition_index"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"state_table": "state; drop"}, "state table"),
+    ],
+)
+def test_wrong_arguments_fail_at_parse_time(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SqlToOpportunityOperator(**{**BASE, **changes})
+
+
+@pytest.mark.parametrize(
+    ("setting", "distributed"),
+    [
+        ("LocalExecutor", False),
+        ("SequentialExecutor", False),
+        ("", False),
+        ("CeleryExecutor", True),
+        ("LocalExecutor,KubernetesExecutor", True),
+        ("airflow.providers.celery.executors.celery_executor.CeleryExecutor", True),
+        ("my_alias:airflow.executors.local_executor.LocalExecutor", False),
+    ],
+)
+def test_distributed_executors_are_recognised(setting: str, distributed: bool) -> None:
+    assert _is_distributed_executor(setting) is distributed
+
+
+def test_local_state_under_celery_warns_loudly(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    operator = SqlToOpportunityOperator(**BASE)
+    warnings: list[str] = []
+    monkeypatch.setattr(operator.log, "warning", lambda message, *args: warnings.append(message % args))
+    state = operator._state("dag.task", "run", {})
+    assert "LOCAL SQLite" in warnings[0]
+    assert "CeleryExecutor" in warnings[0]
+    assert "state_conn_id" in warnings[0]
+    assert str(tmp_path) in state.location
+    warnings.clear()
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    operator._state("dag.task", "run", {})
+    assert warnings == []
