@@ -19,6 +19,7 @@ from airflow_opportunity_provider.connection import DEFAULT_CONN_ID
 from airflow_opportunity_provider.errors import OpportunityConfigurationError
 from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClient
 from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
+from airflow_opportunity_provider.lineage import sync_asset, sync_lineage
 from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, V2_OPPORTUNITIES
 from airflow_opportunity_provider.transfers.engine import (
     EngineSettings,
@@ -196,6 +197,24 @@ class SqlToOpportunityOperator(BaseOperator):
         self.progress_interval = progress_interval
         self.count_source_rows = count_source_rows
         self.last_summary: dict[str, Any] | None = None
+        # A finished sync updates its Asset, so downstream DAGs can be scheduled on it. A
+        # templated sync name is only known at run time: such a task declares no outlet.
+        if "outlets" not in kwargs and not dry_run and "{{" not in str(sync_name or ""):
+            self.outlets = [sync_asset(self.effective_sync_name, conn_id=opportunity_conn_id)]
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the source table(s) as inputs, the CRM's opportunities as the output."""
+        done = self.last_summary or {}
+        rows_loaded = None
+        if done and not self.is_dry_run:
+            rows_loaded = int(done.get("created", 0)) + int(done.get("updated", 0))
+        return sync_lineage(
+            platform=self.target,
+            opportunity_conn_id=self.opportunity_conn_id,
+            source_conn_id=self.sql_conn_id,
+            sql=str(self.sql),
+            rows_loaded=rows_loaded,
+        )
 
     @property
     def target_endpoint(self) -> str:
