@@ -1,8 +1,9 @@
 """The main job, end to end on this machine: the mock CRM server, then the example DAGs against it.
 
 ``make demo`` runs it. It starts the mock CRM on a free loopback port, points the
-``opportunity_default`` connection at it, runs each example DAG with ``airflow dags test``
-and prints what the CRM now holds, then stops the server.
+``opportunity_default`` connection at it, runs ``opportunity_example`` and prints what the CRM
+now holds, then loads the sample warehouse with ``warehouse_to_crm`` twice (the second run
+sends nothing) and prints each run's summary, then stops the server.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from airflow_opportunity_provider import sample_warehouse
 from airflow_opportunity_provider.mock_crm.testing import connection_dict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,6 +27,11 @@ OUTPUT = REPO / "demo-output"
 _OPERATOR_LINE = re.compile(
     r"(Created v1 opportunity \d+|Updated v1 opportunity \d+|Updated v2 \w+ opportunity \d+)"
 )
+
+
+# The bulk operator's summary, as it logs it: a line of counts, then a line of requests and rate.
+_SUMMARY_COUNTS = re.compile(r"(Sync '[^']+'(?: \(partition[^)]*\))?, target v\d: .*?failed \d+\.)")
+_SUMMARY_RATE = re.compile(r"^(\d+ requests sent .*? rows/s\.)", re.MULTILINE)
 
 
 def start_mock() -> tuple[subprocess.Popen[str], str]:
@@ -52,6 +59,7 @@ def fetch(base_url: str, path: str) -> Any:
 def run_dag(dag_id: str, env: dict[str, str]) -> str:
     """Run a DAG with ``airflow dags test``; its full output goes to ``demo-output/<dag_id>.log``."""
     OUTPUT.mkdir(exist_ok=True)
+    env = {**env, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
         [str(BIN / "airflow"), "dags", "test", dag_id],
         env=env,
@@ -89,6 +97,28 @@ def main() -> None:
                 f"OpportunityID={record['OpportunityID']!r} stage id={record.get('OpportunityStageID')} "
                 f"revenue={record.get('SalesRevenue')}"
             )
+
+        # The sample warehouse and a sync state of the demo's own, made anew on every run so that
+        # the demo always starts from an empty CRM and an empty state.
+        OUTPUT.mkdir(exist_ok=True)
+        for stale in OUTPUT.glob("*.db*"):
+            stale.unlink()
+        warehouse = sample_warehouse.create_sqlite(OUTPUT / "warehouse.db")
+        env["AIRFLOW_CONN_WAREHOUSE_DEFAULT"] = json.dumps({"conn_type": "sqlite", "host": str(warehouse)})
+        env["AIRFLOW_CONN_DEMO_SYNC_STATE"] = json.dumps(
+            {"conn_type": "sqlite", "host": str(OUTPUT / "sync-state.db")}
+        )
+        env["AIRFLOW_VAR_OPPORTUNITY_STATE_CONN_ID"] = "demo_sync_state"
+        for attempt in ("first run", "second run, nothing changed"):
+            before = fetch(base_url, "/_mock/counters")["total_requests"]
+            print(f"\n== warehouse_to_crm ({attempt}): sample warehouse -> CRM ==")
+            log = run_dag("warehouse_to_crm", env)
+            for counts, rate in zip(_SUMMARY_COUNTS.findall(log), _SUMMARY_RATE.findall(log), strict=False):
+                print(f"  {counts}\n    {rate}")
+            sent = fetch(base_url, "/_mock/counters")["total_requests"] - before
+            print(f"  The CRM received {sent} requests in this run.")
+        stored = fetch(base_url, "/_mock/opportunities")
+        print(f"\n  CRM now holds {len(stored['v1'])} v1 opportunities.")
         print(f"\nFull logs in {OUTPUT.relative_to(REPO)}/")
     finally:
         mock.terminate()
