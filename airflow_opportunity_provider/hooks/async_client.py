@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -52,6 +54,11 @@ Reader = Callable[[int, Mapping[str, str], Any], T]
 USER_AGENT = f"airflow-opportunity-provider/{__version__}"
 # DNS answers are kept this long; a bulk load makes thousands of calls to one host.
 DNS_CACHE_SECONDS = 300
+# Pacing lets requests leave at up to this many times the even spread over a round trip, so it
+# only ever breaks up bursts and never caps the rate a load can reach.
+PACING_HEADROOM = 1.5
+# A pacing wait shorter than this is not slept: event loops time sleeps to the millisecond.
+MIN_PACING_SLEEP = 0.0005
 
 log = logging.getLogger(__name__)
 
@@ -66,19 +73,74 @@ class RequestGate(Protocol):
         """Hold every caller back for ``seconds`` (the server said it is overloaded)."""
 
 
+class RequestPacer:
+    """Spreads the requests in flight evenly over a round trip instead of letting them leave in bursts.
+
+    ``concurrency`` workers that start together, or whose answers come back together, keep
+    sending together: every round trip then begins with a burst that the server and this event
+    loop work through one request at a time, and the last request of each burst waits for all
+    the others. The pacer keeps consecutive requests at least ``shortest round trip /
+    (concurrency * headroom)`` apart: a burst is spread over most of a round trip, while a steady
+    load (whose requests are that far apart anyway) is never held back. It needs a round trip to
+    learn from, so the first ``concurrency`` requests leave at once.
+
+    :param concurrency: the most requests in flight at once.
+    :param headroom: how much faster than the even spread requests may leave.
+    :param window: how many recent round trips the shortest is taken from.
+    """
+
+    def __init__(
+        self, concurrency: int, headroom: float = PACING_HEADROOM, window: int | None = None
+    ) -> None:
+        if headroom <= 0:
+            raise ValueError("headroom must be above 0")
+        self._share = 1.0 / (concurrency * headroom)
+        self._round_trips: deque[float] = deque(maxlen=window or 4 * concurrency)
+        self._shortest = 0.0
+        self._next_slot = 0.0
+        self.paced = 0
+
+    @property
+    def gap(self) -> float:
+        """The least time between two requests leaving, in seconds (``0`` before any round trip)."""
+        return self._shortest * self._share
+
+    def observe(self, seconds: float) -> None:
+        """Learn from one finished round trip (request sent to answer read).
+
+        :param seconds: how long it took.
+        """
+        self._round_trips.append(seconds)
+        self._shortest = min(self._round_trips)
+
+    async def wait(self) -> None:
+        """Wait for this request's slot: at least :attr:`gap` after the previous one's."""
+        gap = self.gap
+        if gap <= 0:
+            return
+        now = asyncio.get_running_loop().time()
+        slot = self._next_slot if self._next_slot > now else now
+        self._next_slot = slot + gap
+        if slot - now >= MIN_PACING_SLEEP:
+            self.paced += 1
+            await asyncio.sleep(slot - now)
+
+
 class AsyncOpportunityClient:
     """Calls the v1 add-or-update and the v2 put endpoints from one event loop, many at a time.
 
     One ``aiohttp.ClientSession`` with a connector sized to ``concurrency`` serves every call;
     use the client as an async context manager so that the session is closed. Every attempt is
     signed afresh (v1) or carries the cached bearer token (v2), waits for ``gate`` when one is
-    given, and is retried by the same rule as :class:`OpportunityHook`.
+    given, and is retried by the same rule as :class:`OpportunityHook`. With ``pacing`` (the
+    default) the attempts are spread evenly over a round trip (see :class:`RequestPacer`).
 
     :param settings: the connection's settings (see :func:`settings_from_connection`).
     :param concurrency: the most requests in flight at once; sizes the connection pool.
     :param gate: a shared rate limiter every attempt waits for, and that a 429 pauses.
     :param backoff: the waits between attempts.
     :param token_cache: a v2 token cache to share; a new one from the settings by default.
+    :param pacing: spread the requests in flight over a round trip instead of sending bursts.
     """
 
     def __init__(
@@ -89,12 +151,15 @@ class AsyncOpportunityClient:
         gate: RequestGate | None = None,
         backoff: Backoff | None = None,
         token_cache: TokenCache | None = None,
+        pacing: bool = True,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.settings = settings
         self.concurrency = concurrency
         self.gate = gate
+        # One request at a time is never a burst.
+        self.pacer = RequestPacer(concurrency) if pacing and concurrency > 1 else None
         self.backoff = backoff or Backoff()
         self.token_cache = token_cache or TokenCache(settings.v2_token)
         self._session: aiohttp.ClientSession | None = None
@@ -359,11 +424,16 @@ class AsyncOpportunityClient:
         read: Reader[T],
         what: str,
     ) -> T:
+        pacer = self.pacer
+        if pacer is not None:
+            await pacer.wait()
+        # The gate comes last: a pacing wait after it could send two of its slots too close.
         if self.gate is not None:
             await self.gate.acquire()
         request_headers = await headers()
         self.requests_sent += 1
         try:
+            sent_at = time.perf_counter()
             async with self.session.request(
                 method,
                 url,
@@ -374,6 +444,8 @@ class AsyncOpportunityClient:
                 raw = await response.read()
                 status = response.status
                 answer_headers = response.headers
+            if pacer is not None:
+                pacer.observe(time.perf_counter() - sent_at)
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
             # Connecting failed: no byte of the request left this machine.
             raise OpportunityConnectionError(f"{what} could not connect.", sent=False) from None

@@ -196,3 +196,31 @@ def test_from_hook_uses_the_hooks_settings_and_backoff(mock_crm: MockCrmServer) 
     assert client.settings is hook.settings
     assert client.backoff is FAST
     assert client.concurrency == 3
+
+
+def test_answers_that_come_back_together_are_paced_over_the_next_round_trip(mock_crm: MockCrmServer) -> None:
+    mock_crm.set_faults(FaultConfig(latency=0.03))
+    concurrency = 8
+
+    async def main() -> tuple[list[float], float, int]:
+        left: list[float] = []
+        async with AsyncOpportunityClient(settings_for(mock_crm), concurrency=concurrency) as client:
+            pacer = client.pacer
+            assert pacer is not None
+            started = time.monotonic()
+
+            async def worker() -> None:
+                for _ in range(3):
+                    await client.add_or_update_opportunity(CREATE)
+                    left.append(time.monotonic() - started)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return sorted(left), pacer.gap, pacer.paced
+
+    answered, gap, paced = asyncio.run(main())
+    # The first round trip leaves as a burst; the answers to the next ones come back spread out.
+    assert 0.03 / (concurrency * 1.5) <= gap <= 0.06 / (concurrency * 1.5)
+    assert paced >= concurrency // 2
+    second_round = answered[concurrency : 2 * concurrency]
+    assert second_round[-1] - second_round[0] >= 3 * gap
+    assert len(answered) == 3 * concurrency
