@@ -2,18 +2,22 @@
 
 One asyncio event loop runs a planner (diffs each chunk against the state and validates) and
 ``concurrency`` workers that share one HTTP client and one rate limiter. Every state change
-goes through the state thread, which commits in groups; a worker waits for its row's commit
-before its next request leaves, so a killed run leaves at most ``concurrency`` creates in flight.
+goes through the state thread, which commits in groups (a local SQLite state commits small
+groups on the event loop's thread instead, see ``group_commit``); a worker waits for its row's
+commit before its next request leaves, so a killed run leaves at most ``concurrency`` creates
+in flight. The client paces the requests over the round trip (``RequestPacer``), so that the
+workers do not send, and get their answers, in bursts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -106,6 +110,17 @@ class RunResult:
     rate_limit_pauses: int = 0
     fatal: BaseException | None = None
     interrupted_creates: int = 0
+    #: ``time.monotonic()`` when the first request left, and when the last row's state was
+    #: committed after it: the load itself, without setting up or closing anything.
+    first_request_at: float | None = None
+    last_commit_at: float | None = None
+
+    @property
+    def load_seconds(self) -> float | None:
+        """Seconds from the first request to the last row's committed state; ``None`` when nothing was sent."""
+        if self.first_request_at is None or self.last_commit_at is None:
+            return None
+        return self.last_commit_at - self.first_request_at
 
 
 def _outcome_of_error(error: BaseException) -> tuple[str, str, str]:
@@ -173,6 +188,8 @@ class _Run:
         self.state_thread = StateThread(self.state, asyncio.get_running_loop())
         try:
             await self._on_state_thread(self.state.open)
+            if not self.settings.dry_run and self.client is not None:
+                await self.state_thread.start_loop_writer()
             await self._on_source_thread(self.source.open)
             await self._mark_interrupted_creates()
             if self.settings.dry_run or self.client is None:
@@ -185,6 +202,7 @@ class _Run:
             self.counts.rows_read = self.source.rows_read
             self.counts.finished = time.monotonic()
             await self._on_source_thread(self.source.close)
+            self.state_thread.stop_loop_writer()
             await self._on_state_thread(self.state.close)
             await self.state_thread.close()
             self._source_thread.shutdown(wait=True)
@@ -242,6 +260,8 @@ class _Run:
         # Rows never sent were queued without waiting; make sure their writes are in.
         await self._on_state_thread(lambda: None)
         self.state_thread.raise_if_failed()
+        if self.result.first_request_at is not None:
+            self.result.last_commit_at = time.monotonic()
 
     # -- planning --------------------------------------------------------------------------
 
@@ -435,6 +455,8 @@ class _Run:
             await self._write(writer, *carry)
         outcome, crm_id, code, message = UPDATED, None, "", ""
         fatal: BaseException | None = None
+        if self.result.first_request_at is None:
+            self.result.first_request_at = time.monotonic()
         try:
             if self.settings.target == "v1":
                 new_id = await client.add_or_update_opportunity(work.payload, validate=False)
@@ -489,7 +511,28 @@ async def run_sync(
     :param progress: what logs progress; a default reporter when ``None``.
     """
     reporter = progress or ProgressReporter(settings.progress_interval, settings.total_rows)
-    return await _Run(settings, source, state, client, reporter).run()
+    with _older_objects_frozen():
+        return await _Run(settings, source, state, client, reporter).run()
+
+
+@contextlib.contextmanager
+def _older_objects_frozen() -> Iterator[None]:
+    """Keep the garbage collector's full passes off the objects that existed before the load.
+
+    A task process holds Airflow and every provider it imported: a full collection walks all of
+    it and stops every thread for about 100 ms, with ``concurrency`` requests waiting on this
+    event loop. Frozen (as Airflow does before forking workers), those objects are left out of
+    every pass until the load ends; the load's own objects are collected as usual. Nothing is
+    done when the collector is off or something else froze objects already.
+    """
+    if not gc.isenabled() or gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def run_sync_blocking(

@@ -96,6 +96,15 @@ def check_table_name(name: str) -> str:
     return name
 
 
+def is_busy(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite saying another connection holds the lock (nothing was written).
+
+    :param error: what a call on a SQLite connection raised.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    return isinstance(error, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -148,6 +157,8 @@ class SyncState:
         self.dag_run_id = dag_run_id
         self._connection: Any = None
         self.dialect = "generic"
+        # The file of a SQLite state in WAL mode, which a second connection may write as well.
+        self._wal_file: str | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(table={self.table!r}, location={self.location!r})"
@@ -191,10 +202,56 @@ class SyncState:
         if self.dialect == "sqlite":
             # WAL lets partitions on one machine read while another writes; NORMAL still
             # survives a killed process (only a power cut can lose the last commits).
-            connection.execute("PRAGMA journal_mode=WAL")
+            mode = connection.execute("PRAGMA journal_mode=WAL").fetchall()
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=60000")
+            files = {row[1]: row[2] for row in connection.execute("PRAGMA database_list")}
+            if mode and str(mode[0][0]).lower() == "wal" and files.get("main"):
+                self._wal_file = str(files["main"])
         self._create_tables()
+
+    def loop_writer(self) -> SyncState | None:
+        """A second writer of this state for small commits made without a thread hand-off, or ``None``.
+
+        Only a SQLite state in a file in WAL mode has one: such a commit appends to the WAL
+        without a sync (about 50 microseconds), less than handing it to another thread costs.
+        The writer has a connection of its own (a DB-API connection never changes threads)
+        that never waits for a lock: :meth:`apply` raises :func:`is_busy` errors instead, and
+        never checkpoints (a checkpoint syncs the disk): call :meth:`checkpoint` on this state's
+        own connection now and then. Call this after :meth:`open`, and :meth:`open_writer` on
+        the result from the thread that will write.
+        """
+        if self._wal_file is None:
+            return None
+        file = self._wal_file
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(file, timeout=0.0)
+
+        return SyncState(
+            connect,
+            "?",
+            sync_name=self.sync_name,
+            run_id=self.run_id,
+            table=self.table,
+            rejects_table=self.rejects_table,
+            location=self.location,
+            dag_run_id=self.dag_run_id,
+        )
+
+    def open_writer(self) -> None:
+        """Connect a :meth:`loop_writer` (the tables exist already): no lock waits, no checkpoints."""
+        connection = self._connect()
+        self._connection = connection
+        self.dialect = _dialect_of(connection)
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=0")
+        connection.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint(self) -> None:
+        """Copy what the WAL holds into a SQLite state's file, without waiting for anyone."""
+        if self._wal_file is not None:
+            self.connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def close(self) -> None:
         """Close the connection."""
