@@ -355,6 +355,9 @@ class SqlToOpportunityOperator(BaseOperator):
             "rate_limited_answers": result.rate_limited_answers,
             "rate_limit_pauses": result.rate_limit_pauses,
             "duration_seconds": round(duration, 3),
+            # From the first request to the last row's state committed: the load itself,
+            # without set-up (``None`` when nothing was sent).
+            "load_seconds": None if result.load_seconds is None else round(result.load_seconds, 3),
             "rows_per_second": round(counts.rows / duration, 1) if duration > 0 else 0.0,
             "requests_per_second": round(result.requests_sent / duration, 1) if duration > 0 else 0.0,
             "state": state.location,
