@@ -12,7 +12,8 @@ import logging
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -436,8 +437,7 @@ class SyncState:
         if not upserts and not rejects:
             return
         connection = self.connection
-        cursor = connection.cursor()
-        try:
+        with self._transaction(connection) as cursor:
             if upserts:
                 self._upsert(cursor, upserts)
             if rejects:
@@ -447,6 +447,14 @@ class SyncState:
                     f"outcome, error_code, error_message, recorded_at) VALUES ({markers})",
                     rejects,
                 )
+
+    @staticmethod
+    @contextmanager
+    def _transaction(connection: Any) -> Iterator[Any]:
+        """A cursor whose statements are committed together, or rolled back together on any error."""
+        cursor = connection.cursor()
+        try:
+            yield cursor
             connection.commit()
         except BaseException:
             connection.rollback()
@@ -509,19 +517,12 @@ class SyncState:
         """
         p = self._p
         connection = self.connection
-        cursor = connection.cursor()
-        try:
+        with self._transaction(connection) as cursor:
             cursor.executemany(
                 f"UPDATE {self.table} SET outcome = {p}, outcome_at = {p}, error_code = {p}, "
                 f"error_message = {p} WHERE sync_name = {p} AND source_key = {p} AND outcome = {p}",
                 [("unknown", _now(), code, message, self.sync_name, key, IN_FLIGHT) for key in source_keys],
             )
-            connection.commit()
-        except BaseException:
-            connection.rollback()
-            raise
-        finally:
-            cursor.close()
 
     def resolve(self, source_key: str, crm_id: str | int) -> None:
         """Record the CRM id of a row whose create had an unknown outcome, once found in the CRM.
