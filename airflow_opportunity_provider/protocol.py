@@ -7,17 +7,20 @@ answers here, so the two can never disagree about a path, a header or an error.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from airflow_opportunity_provider.auth import TokenCache, client_credentials_form
+from airflow_opportunity_provider.auth import TokenCache, client_credentials_form, sign_v1_request
 from airflow_opportunity_provider.connection import OpportunitySettings
 from airflow_opportunity_provider.errors import (
+    OpportunityApiError,
     OpportunityAuthenticationError,
     OpportunityRequestFailedError,
     v1_error,
     v2_error,
 )
+from airflow_opportunity_provider.serialization import dumps_bytes
 
 V1_ADD_OR_UPDATE = "/api/1.0/venue?action=addOrUpdateOpportunity"
 V1_PING = "/api/1.0/test?action=ping"
@@ -153,3 +156,67 @@ def read_v2_token_answer(
             platform="v2",
         )
     return read_v2_answer(status, headers, body, "The v2 token request")  # raises
+
+
+@dataclass(frozen=True)
+class V1Call:
+    """One v1 add-or-update call, ready for any HTTP client to send and read.
+
+    :param url: where to POST.
+    :param body: the exact body bytes, which the signature covers.
+    :param request_string: path and query as sent, which the signature covers.
+    :param what: names the call in messages.
+    :param idempotent: ``False`` for a create, which must never be repeated on a guess.
+    :param api_key: the v1 API key.
+    :param api_secret: the v1 API secret.
+    """
+
+    url: str
+    body: bytes
+    request_string: str
+    what: str
+    idempotent: bool
+    api_key: str = field(repr=False)
+    api_secret: str = field(repr=False)
+
+    def signed_headers(self) -> dict[str, str]:
+        """Headers for one attempt: signed now, since the platform refuses a date over 5 minutes old."""
+        return sign_v1_request(self.api_key, self.api_secret, self.request_string, self.body)
+
+    def read(self, status: int, headers: Mapping[str, str], body: Any) -> int:
+        """The opportunity id from the answer, or the error it stands for."""
+        return read_v1_answer(status, headers, body, self.what)
+
+
+def prepare_v1_add_or_update(settings: OpportunitySettings, payload: Mapping[str, Any]) -> V1Call:
+    """Build the v1 add-or-update call of an already validated payload.
+
+    :param settings: the connection's settings; an error names missing v1 fields.
+    :param payload: the opportunity fields.
+    """
+    base_url, api_key, api_secret = settings.require_v1()
+    return V1Call(
+        url=base_url.rstrip("/") + V1_ADD_OR_UPDATE,
+        body=dumps_bytes(payload),
+        request_string=v1_request_string(base_url, V1_ADD_OR_UPDATE),
+        what=describe_v1_call(payload),
+        idempotent=not is_v1_create(payload),
+        api_key=api_key,
+        api_secret=api_secret,
+    )
+
+
+def v2_put_what(opportunity_id: int, opportunity_type: str) -> str:
+    """Name a v2 put in messages."""
+    return f"The v2 put of {opportunity_type} opportunity {opportunity_id}"
+
+
+def v2_record(answer: Any, what: str) -> dict[str, Any]:
+    """The record a v2 put answered, or an error when a 200 came without one.
+
+    :param answer: the decoded success body.
+    :param what: names the call in messages.
+    """
+    if not isinstance(answer, dict):
+        raise OpportunityApiError(f"{what} answered 200 without the record.", status_code=200, body=answer)
+    return answer

@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import aiohttp
 
 from airflow_opportunity_provider import __version__
-from airflow_opportunity_provider.auth import TokenCache, sign_v1_request
+from airflow_opportunity_provider.auth import TokenCache
 from airflow_opportunity_provider.connection import OpportunitySettings
 from airflow_opportunity_provider.errors import (
-    OpportunityApiError,
     OpportunityAuthenticationError,
     OpportunityConnectionError,
     OpportunityError,
@@ -31,14 +30,12 @@ from airflow_opportunity_provider.errors import (
     decode_body,
 )
 from airflow_opportunity_provider.protocol import (
-    V1_ADD_OR_UPDATE,
-    describe_v1_call,
-    is_v1_create,
-    read_v1_answer,
+    prepare_v1_add_or_update,
     read_v2_answer,
     read_v2_token_answer,
-    v1_request_string,
     v2_opportunity_path,
+    v2_put_what,
+    v2_record,
     v2_token_request,
 )
 from airflow_opportunity_provider.retries import Backoff, is_outcome_unknown, should_retry
@@ -247,26 +244,19 @@ class AsyncOpportunityClient:
         """
         if validate:
             validate_add_or_update_payload(payload)
-        base_url, api_key, api_secret = self.settings.require_v1()
-        body = dumps_bytes(payload)
-        request_string = v1_request_string(base_url, V1_ADD_OR_UPDATE)
-        what = describe_v1_call(payload)
+        call = prepare_v1_add_or_update(self.settings, payload)
 
         async def headers() -> dict[str, str]:
-            # Signed per attempt: the platform refuses a date more than 5 minutes old.
-            return sign_v1_request(api_key, api_secret, request_string, body)
-
-        def read(status: int, answer_headers: Mapping[str, str], answer: Any) -> int:
-            return read_v1_answer(status, answer_headers, answer, what)
+            return call.signed_headers()
 
         return await self._call(
             "POST",
-            base_url.rstrip("/") + V1_ADD_OR_UPDATE,
-            body=body,
+            call.url,
+            body=call.body,
             headers=headers,
-            read=read,
-            what=what,
-            idempotent=not is_v1_create(payload),
+            read=call.read,
+            what=call.what,
+            idempotent=call.idempotent,
             payload=payload,
         )
 
@@ -296,13 +286,8 @@ class AsyncOpportunityClient:
         :return: the full updated record the platform answered.
         """
         path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
-        what = f"The v2 put of {opportunity_type} opportunity {opportunity_id}"
-        record = await self._v2_call("PUT", path, dumps_bytes(body), what)
-        if not isinstance(record, dict):
-            raise OpportunityApiError(
-                f"{what} answered 200 without the record.", status_code=200, body=record
-            )
-        return record
+        what = v2_put_what(opportunity_id, opportunity_type)
+        return v2_record(await self._v2_call("PUT", path, dumps_bytes(body), what), what)
 
     # -- v2 authentication ---------------------------------------------------------------
 

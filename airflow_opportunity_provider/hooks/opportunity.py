@@ -33,16 +33,15 @@ from airflow_opportunity_provider.errors import (
     decode_body,
 )
 from airflow_opportunity_provider.protocol import (
-    V1_ADD_OR_UPDATE,
     V1_PING,
-    describe_v1_call,
-    is_v1_create,
-    read_v1_answer,
+    prepare_v1_add_or_update,
     read_v1_ping,
     read_v2_answer,
     read_v2_token_answer,
     v1_request_string,
     v2_opportunity_path,
+    v2_put_what,
+    v2_record,
     v2_token_request,
 )
 from airflow_opportunity_provider.retries import Backoff, is_outcome_unknown, should_retry
@@ -181,25 +180,15 @@ class OpportunityHook(BaseHook):
         return self._add_or_update_validated(payload)
 
     def _add_or_update_validated(self, payload: Mapping[str, Any]) -> int:
-        base_url, api_key, api_secret = self.settings.require_v1()
-        body = dumps_bytes(payload)
-        request_string = v1_request_string(base_url, V1_ADD_OR_UPDATE)
-        what = describe_v1_call(payload)
-
-        def headers() -> dict[str, str]:
-            return sign_v1_request(api_key, api_secret, request_string, body)
-
-        def read(status: int, answer_headers: Mapping[str, str], answer: Any) -> int:
-            return read_v1_answer(status, answer_headers, answer, what)
-
+        call = prepare_v1_add_or_update(self.settings, payload)
         return self._call(
             "POST",
-            base_url.rstrip("/") + V1_ADD_OR_UPDATE,
-            body=body,
-            headers=headers,
-            read=read,
-            what=what,
-            idempotent=not is_v1_create(payload),
+            call.url,
+            body=call.body,
+            headers=call.signed_headers,
+            read=call.read,
+            what=call.what,
+            idempotent=call.idempotent,
             payload=payload,
         )
 
@@ -231,13 +220,8 @@ class OpportunityHook(BaseHook):
         self, opportunity_id: int, opportunity_type: str, payload: Mapping[str, Any], language_id: int | None
     ) -> dict[str, Any]:
         path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
-        what = f"The v2 put of {opportunity_type} opportunity {opportunity_id}"
-        record = self._v2_call("PUT", path, dumps_bytes(payload), what)
-        if not isinstance(record, dict):
-            raise OpportunityApiError(
-                f"{what} answered 200 without the record.", status_code=200, body=record
-            )
-        return record
+        what = v2_put_what(opportunity_id, opportunity_type)
+        return v2_record(self._v2_call("PUT", path, dumps_bytes(payload), what), what)
 
     def get_opportunity(
         self,
