@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ MAX_SYNC_NAME = 250
 MAX_SOURCE_KEY = 500
 # Keys per lookup query, under every database's limit on bound parameters.
 _LOOKUP_BATCH = 500
+# How long opening a new SQLite state file keeps trying to switch it to WAL while another
+# partition is switching it too.
+_WAL_SWITCH_SECONDS = 10.0
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 
 log = logging.getLogger(__name__)
@@ -104,6 +108,22 @@ def is_busy(error: BaseException) -> bool:
     """
     code = getattr(error, "sqlite_errorcode", None)
     return isinstance(error, sqlite3.OperationalError) and code is not None and code & 0xFF in (5, 6)
+
+
+def _switch_to_wal(connection: Any) -> list[Any]:
+    """Put a SQLite state file in WAL mode, and return what the pragma answered.
+
+    Two partitions opening a new file in the same instant race to switch it; SQLite then answers
+    "database is locked" at once instead of waiting for its busy timeout, so try again briefly.
+    """
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    while True:
+        try:
+            return list(connection.execute("PRAGMA journal_mode=WAL").fetchall())
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def _now() -> str:
@@ -203,9 +223,9 @@ class SyncState:
         if self.dialect == "sqlite":
             # WAL lets partitions on one machine read while another writes; NORMAL still
             # survives a killed process (only a power cut can lose the last commits).
-            mode = connection.execute("PRAGMA journal_mode=WAL").fetchall()
-            connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute("PRAGMA busy_timeout=60000")
+            mode = _switch_to_wal(connection)
+            connection.execute("PRAGMA synchronous=NORMAL")
             files = {row[1]: row[2] for row in connection.execute("PRAGMA database_list")}
             if mode and str(mode[0][0]).lower() == "wal" and files.get("main"):
                 self._wal_file = str(files["main"])

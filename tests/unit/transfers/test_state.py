@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -93,3 +94,34 @@ def test_custom_tables_and_default_location(tmp_path: Path, monkeypatch: pytest.
     assert state.rejects_table == "my_state_rejects"
     monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "home"))
     assert default_state_path() == tmp_path / "home" / "opportunity_sync" / "state.db"
+
+
+class _RacingConnection:
+    """Answers the WAL switch with the errors SQLite gives while another process switches the file."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        self.calls = 0
+
+    def execute(self, statement: str) -> Any:
+        self.calls += 1
+        if self.errors:
+            raise sqlite3.OperationalError(self.errors.pop(0))
+        return sqlite3.connect(":memory:").execute("SELECT 'wal'")
+
+
+def test_the_wal_switch_is_tried_again_while_another_partition_holds_the_file() -> None:
+    from airflow_opportunity_provider.transfers.state import _switch_to_wal
+
+    connection = _RacingConnection(["database is locked", "database is locked"])
+    assert _switch_to_wal(connection) == [("wal",)]
+    assert connection.calls == 3
+
+
+def test_other_errors_of_the_wal_switch_are_raised_at_once() -> None:
+    from airflow_opportunity_provider.transfers.state import _switch_to_wal
+
+    connection = _RacingConnection(["disk I/O error"])
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        _switch_to_wal(connection)
+    assert connection.calls == 1
