@@ -7,9 +7,12 @@ v2 and the shared settings live in ``extra``. See the README's connection table.
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_opportunity_provider.errors import OpportunityConfigurationError
 
@@ -20,8 +23,45 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_MAX_RETRIES = 5
 
-V2_EXTRA_FIELDS = ("v2_base_url", "v2_token", "v2_client_id", "v2_client_secret", "v2_token_url", "v2_scope")
+V2_EXTRA_FIELDS = ("v2_base_url", "v2_token", "v2_client_id", "v2_client_secret", "v2_oauth_url", "v2_scope")
+# The token endpoint's extra before it was renamed: Airflow masks every extra whose name holds
+# "token", so the old name showed as *** in the UI. Still read, with a deprecation warning.
+DEPRECATED_TOKEN_URL_FIELD = "v2_token_url"
 SHARED_EXTRA_FIELDS = ("timeout", "verify", "max_retries")
+# The HTTP options an HTTP connection has (apache-airflow-providers-http), with the same names.
+HTTP_EXTRA_FIELDS = ("proxies", "cert", "trust_env", "headers")
+
+# Headers this provider sets itself: a connection may not replace them through extra.headers.
+RESERVED_HEADERS = frozenset(
+    {
+        "authorization",
+        "x-api-authorization",
+        "x-api-version",
+        "content-md5",
+        "content-type",
+        "content-length",
+        "date",
+        "ivvy-date",
+        "host",
+        "transfer-encoding",
+    }
+)
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Extra header values under these names are registered with the secrets masker.
+_SENSITIVE_HEADER = re.compile(r"key|token|secret|auth|password|signature|cookie", re.IGNORECASE)
+
+
+def is_header_safe(value: str) -> bool:
+    """Whether ``value`` can go in an HTTP header line as it is: no line break, no control
+    character, nothing outside Latin-1 (what every HTTP library would refuse, quoting it).
+
+    :param value: a header value.
+    """
+    for character in value:
+        code = ord(character)
+        if (code < 0x20 and character != "\t") or code == 0x7F or code > 0xFF:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -36,12 +76,18 @@ class OpportunitySettings:
     :param v2_token: a pre-issued v2 bearer token.
     :param v2_client_id: the v2 OAuth2 client id.
     :param v2_client_secret: the v2 OAuth2 client secret.
-    :param v2_token_url: the v2 OAuth2 token endpoint.
+    :param v2_token_url: the v2 OAuth2 token endpoint (``extra.v2_oauth_url``).
     :param v2_scope: the scope to ask for.
     :param connect_timeout: seconds to wait for a connection.
     :param read_timeout: seconds to wait for an answer.
     :param verify: TLS certificate verification (``True``, ``False`` or a CA bundle path).
     :param max_retries: retries after the first attempt.
+    :param proxies: proxy URL per scheme (``{"https": "http://proxy:3128"}``), as an HTTP connection's
+        ``proxies`` extra; ``None`` leaves it to the environment (see ``trust_env``).
+    :param cert: a client certificate: the path of a PEM file holding the certificate and key,
+        or ``(certificate, key)`` paths.
+    :param trust_env: read ``HTTPS_PROXY``, ``HTTP_PROXY`` and ``NO_PROXY`` from the environment.
+    :param headers: headers sent with every request (``extra.headers``).
     """
 
     conn_id: str
@@ -58,11 +104,18 @@ class OpportunitySettings:
     read_timeout: float = DEFAULT_READ_TIMEOUT
     verify: bool | str = True
     max_retries: int = DEFAULT_MAX_RETRIES
+    proxies: Mapping[str, str] | None = field(default=None, repr=False)
+    cert: str | tuple[str, str] | None = None
+    trust_env: bool = True
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def secrets(self) -> tuple[str, ...]:
         """Every secret this connection holds, to register with the masker and to keep out of logs."""
-        values = (self.v1_api_secret, self.v2_token, self.v2_client_secret)
+        values = [self.v1_api_secret, self.v2_token, self.v2_client_secret]
+        for proxy in (self.proxies or {}).values():
+            values.append(urlsplit(proxy).password)
+        values += [value for name, value in self.headers.items() if _SENSITIVE_HEADER.search(name)]
         return tuple(value for value in values if value)
 
     def require_v1(self) -> tuple[str, str, str]:
@@ -93,7 +146,7 @@ class OpportunitySettings:
             client_fields = {
                 "extra.v2_client_id": self.v2_client_id,
                 "extra.v2_client_secret": self.v2_client_secret,
-                "extra.v2_token_url": self.v2_token_url,
+                "extra.v2_oauth_url": self.v2_token_url,
             }
             missing = [name for name, value in client_fields.items() if not value]
             if missing:
@@ -227,19 +280,122 @@ def settings_from_connection(
     if max_retries < 0:
         raise OpportunityConfigurationError(f"Connection {conn_id!r}: extra.max_retries must be 0 or more.")
     v2_base = text("v2_base_url")
+    token_url = text("v2_oauth_url")
+    if token_url is None and text(DEPRECATED_TOKEN_URL_FIELD) is not None:
+        warnings.warn(
+            f"Connection {conn_id!r}: extra.{DEPRECATED_TOKEN_URL_FIELD} is deprecated (Airflow masks it as a "
+            "secret); rename it to extra.v2_oauth_url.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        token_url = text(DEPRECATED_TOKEN_URL_FIELD)
+    login = login or None
+    if login is not None and not is_header_safe(login):
+        raise OpportunityConfigurationError(
+            f"Connection {conn_id!r}: the login (the v1 API key) holds a line break, a control character "
+            "or a letter outside Latin-1, which cannot be sent in a header; correct it."
+        )
+    static_token = text("v2_token")
+    if static_token is not None and not is_header_safe(static_token):
+        raise OpportunityConfigurationError(
+            f"Connection {conn_id!r}: extra.v2_token holds a line break, a control character or a letter "
+            "outside Latin-1, which cannot be sent in a header; correct it."
+        )
     return OpportunitySettings(
         conn_id=conn_id,
         v1_base_url=base_url_from(host, port, schema),
-        v1_api_key=login or None,
+        v1_api_key=login,
         v1_api_secret=password or None,
         v2_base_url=v2_base.rstrip("/") if v2_base else None,
-        v2_token=text("v2_token"),
+        v2_token=static_token,
         v2_client_id=text("v2_client_id"),
         v2_client_secret=text("v2_client_secret"),
-        v2_token_url=text("v2_token_url"),
+        v2_token_url=token_url,
         v2_scope=text("v2_scope"),
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
         verify=_extra_bool(extra.get("verify"), conn_id, "verify"),
         max_retries=max_retries,
+        proxies=_extra_proxies(extra.get("proxies", extra.get("proxy")), conn_id),
+        cert=_extra_cert(extra.get("cert"), conn_id),
+        trust_env=_extra_flag(extra.get("trust_env"), conn_id, "trust_env"),
+        headers=_extra_headers(extra.get("headers"), conn_id),
     )
+
+
+def _extra_proxies(raw: Any, conn_id: str) -> dict[str, str] | None:
+    """``extra.proxies``: a dict of scheme -> proxy URL (as requests takes it), or one URL for both."""
+    if raw in (None, "", {}):
+        return None
+    if isinstance(raw, str):
+        raw = {"http": raw, "https": raw}
+    if not isinstance(raw, Mapping):
+        raise OpportunityConfigurationError(
+            f"Connection {conn_id!r}: extra.proxies must map a scheme to a proxy URL, e.g. "
+            '{"https": "http://proxy.internal:3128"}.'
+        )
+    proxies: dict[str, str] = {}
+    for scheme, url in raw.items():
+        if scheme not in ("http", "https") or not isinstance(url, str) or not url.strip():
+            raise OpportunityConfigurationError(
+                f"Connection {conn_id!r}: extra.proxies takes the keys 'http' and 'https', each with a proxy "
+                "URL such as http://proxy.internal:3128."
+            )
+        if urlsplit(url.strip()).scheme not in ("http", "https"):
+            raise OpportunityConfigurationError(
+                f"Connection {conn_id!r}: the {scheme} proxy must be an http:// or https:// URL."
+            )
+        proxies[scheme] = url.strip()
+    return proxies
+
+
+def _extra_cert(raw: Any, conn_id: str) -> str | tuple[str, str] | None:
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, list | tuple) and len(raw) == 2 and all(isinstance(p, str) and p for p in raw):
+        return (raw[0], raw[1])
+    raise OpportunityConfigurationError(
+        f"Connection {conn_id!r}: extra.cert must be the path of a PEM file with the certificate and key, "
+        "or a list of two paths [certificate, key]."
+    )
+
+
+def _extra_flag(raw: Any, conn_id: str, name: str) -> bool:
+    value = _extra_bool(raw, conn_id, name)
+    if isinstance(value, str):
+        raise OpportunityConfigurationError(f"Connection {conn_id!r}: extra.{name} must be true or false.")
+    return value
+
+
+def _extra_headers(raw: Any, conn_id: str) -> dict[str, str]:
+    if raw in (None, "", {}):
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = None
+    if not isinstance(raw, Mapping):
+        raise OpportunityConfigurationError(
+            f'Connection {conn_id!r}: extra.headers must be an object of header names and values, e.g. {{"X-Team": "data"}}.'
+        )
+    headers: dict[str, str] = {}
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            raise OpportunityConfigurationError(
+                f"Connection {conn_id!r}: extra.headers has a header name that is not a valid token: {name!r}."
+            )
+        if name.lower() in RESERVED_HEADERS:
+            raise OpportunityConfigurationError(
+                f"Connection {conn_id!r}: extra.headers may not set {name}: this provider sets it on every "
+                "request (the signature, the token or the body's type); remove it."
+            )
+        if not isinstance(value, str | int) or not is_header_safe(str(value)):
+            raise OpportunityConfigurationError(
+                f"Connection {conn_id!r}: the value of extra.headers[{name!r}] must be text without line breaks "
+                "or control characters."
+            )
+        headers[name] = str(value)
+    return headers

@@ -1,33 +1,45 @@
-"""Exception types a caller can catch, and the mapping from each platform's answers to them.
+"""The exceptions this provider raises, and what each one means for a row of a bulk load.
 
-The mapping works on plain values (status, headers, decoded body) so that the
-``requests`` hook and the asyncio client of the bulk load raise exactly the same errors.
+Only the hierarchy lives here; which answer or transport failure becomes which error is decided
+once, in ``answers`` and ``flow``, for both HTTP clients::
+
+    AirflowException
+    └── OpportunityError                         every error of this provider
+        ├── OpportunityConfigurationError        the connection or a parameter lacks or holds a bad setting
+        ├── PayloadValidationError               a payload broke its JSON Schema; nothing was sent
+        ├── OpportunityApiError                  the platform answered, and not with success
+        │   ├── OpportunityNotFoundError         v1 24222, v2 404
+        │   ├── OpportunityInvalidError          v1 24221, 24224, 23016, 23017; any other 400
+        │   │   └── OpportunityV2ValidationError a v2 400 naming the valid categories and stages
+        │   ├── OpportunityAuthenticationError   401, 403, 462, 463, v1 23005, a token answer without a token
+        │   ├── OpportunityRateLimitedError      429, still answered after every retry
+        │   ├── OpportunityServerError           5xx, 408, 499
+        │   ├── OpportunityRedirectError         3xx: redirects are never followed
+        │   ├── OpportunityUnexpectedAnswerError a 2xx that is not the platform's answer (not JSON, no id)
+        │   └── OpportunityRequestFailedError    success: false; 405, 406, 460, 461 and other refusals
+        ├── OpportunityConnectionError           no answer: could not connect, or the answer was lost
+        └── OpportunityOutcomeUnknownError       a v1 create that may or may not be stored; never resent
+
+Each class says what it means for a row of a bulk load (``row_outcome``: the row is
+``rejected`` until its data or the CRM changes, ``failed`` and sent again by the next run, or
+``unknown``) and whether every other row would fail the same way (``stops_load``), so the load
+decides from the type alone.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC
-from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 V1 = "v1"
 V2 = "v2"
 
-# The v1 platform's own ("specific") codes, from the seeds and the vendor's Exceptions page.
-V1_REQUEST_EMPTY = 24221
-V1_NOT_FOUND = 24222
-V1_INVALID_DETAILS = 24224
-V1_STALE_DATE = 23005
-V1_PARAMETER_INVALID = 23016
-V1_PARAMETER_MISSING = 23017
-
-_V1_NOT_FOUND_CODES = {V1_NOT_FOUND}
-_V1_INVALID_CODES = {V1_REQUEST_EMPTY, V1_INVALID_DETAILS, V1_PARAMETER_INVALID, V1_PARAMETER_MISSING}
-_AUTH_STATUSES = {401, 403, 462, 463}
+# What an error means for a row of a bulk load (the values of transfers.outcomes.Outcome).
+ROW_REJECTED = "rejected"
+ROW_FAILED = "failed"
+ROW_UNKNOWN = "unknown"
 
 
 class OpportunityError(AirflowException):
@@ -38,10 +50,19 @@ class OpportunityError(AirflowException):
     """
 
     status_code: int | None = None  # type: ignore[assignment]
+    #: What the error means for the row that raised it in a bulk load.
+    row_outcome: ClassVar[str] = ROW_FAILED
+    #: Whether every other row would fail the same way, so that the load stops.
+    stops_load: ClassVar[bool] = False
 
 
 class OpportunityConfigurationError(OpportunityError):
-    """The Airflow connection lacks what a call needs; the message names the fields to fill in."""
+    """The Airflow connection lacks what a call needs, or holds a value that cannot be sent.
+
+    The message names the fields to fill in or correct.
+    """
+
+    stops_load = True
 
 
 class PayloadValidationError(OpportunityError, AirflowFailException, ValueError):
@@ -53,6 +74,8 @@ class PayloadValidationError(OpportunityError, AirflowFailException, ValueError)
     :param schema_name: the schema the payload was checked against.
     """
 
+    row_outcome = ROW_REJECTED
+
     def __init__(self, problems: Sequence[tuple[str, str]], schema_name: str = "payload") -> None:
         self.problems = list(problems)
         self.schema_name = schema_name
@@ -60,6 +83,11 @@ class PayloadValidationError(OpportunityError, AirflowFailException, ValueError)
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         super().__init__(f"{schema_name} has {count} {noun}; nothing was sent:\n{lines}")
+
+    @property
+    def summary(self) -> str:
+        """Every problem on one line, for a rejects table."""
+        return "; ".join(f"{path}: {reason}" for path, reason in self.problems)
 
 
 class OpportunityApiError(OpportunityError):
@@ -102,9 +130,13 @@ class OpportunityApiError(OpportunityError):
 class OpportunityNotFoundError(OpportunityApiError):
     """The opportunity does not exist (v1 24222, v2 404)."""
 
+    row_outcome = ROW_REJECTED
+
 
 class OpportunityInvalidError(OpportunityApiError):
     """The platform refused the payload (v1 24221, 24224, 23016, 23017; any 400)."""
+
+    row_outcome = ROW_REJECTED
 
 
 class OpportunityV2ValidationError(OpportunityInvalidError):
@@ -128,7 +160,10 @@ class OpportunityV2ValidationError(OpportunityInvalidError):
 
 
 class OpportunityAuthenticationError(OpportunityApiError):
-    """Credentials were refused, revoked or the request was stale (401, 403, 23005, 462, 463)."""
+    """Credentials were refused, revoked or the request was stale (401, 403, 23005, 462, 463),
+    or the token endpoint answered without a token."""
+
+    stops_load = True
 
 
 class OpportunityRateLimitedError(OpportunityApiError):
@@ -143,7 +178,7 @@ class OpportunityRateLimitedError(OpportunityApiError):
 
 
 class OpportunityServerError(OpportunityApiError):
-    """The platform failed (5xx).
+    """The platform failed (5xx), or timed out on the request (408, 499).
 
     :param retry_after: seconds the platform asked to wait (503 may say), when it said.
     """
@@ -153,8 +188,30 @@ class OpportunityServerError(OpportunityApiError):
         self.retry_after = retry_after
 
 
+class OpportunityRedirectError(OpportunityApiError):
+    """The platform answered with a redirect (3xx), which is never followed.
+
+    Following it would hand the signed request, the bearer token or the client secret to
+    whatever host the ``Location`` names. The connection must point at the final address.
+
+    :param location_host: the host the redirect pointed at (never its path or query).
+    """
+
+    stops_load = True
+
+    def __init__(self, message: str, *, location_host: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.location_host = location_host
+
+
+class OpportunityUnexpectedAnswerError(OpportunityApiError):
+    """A 2xx answer that is not the platform's answer: not JSON, cut short, or without a usable id."""
+
+
 class OpportunityRequestFailedError(OpportunityApiError):
     """Any other refusal: ``success: false`` on a 200, 405, 406, 460, 461 and the like."""
+
+    row_outcome = ROW_REJECTED
 
 
 class OpportunityConnectionError(OpportunityError):
@@ -175,235 +232,42 @@ class OpportunityOutcomeUnknownError(OpportunityError, AirflowFailException):
     retries, because a task retry would send the create again.
 
     Resending could create the opportunity twice. Look the record up in the CRM (by its
-    name, contact and venue) before sending it again.
+    name, contact and venue, or by the reference the create carried) before sending it again.
 
     :param payload: the payload that was sent, to reconcile by hand or resend on purpose.
-    :param reason: what was observed (a read timeout, a dropped connection, a 5xx).
-    :param status_code: the HTTP status when the server answered 500, 502 or 504.
+    :param reason: what was observed (a read timeout, a dropped connection, a 5xx, an answer
+        that was not the platform's).
+    :param status_code: the HTTP status, when an answer came.
+    :param cause: the error the answer or the transport failure stood for.
     """
 
-    def __init__(self, payload: Mapping[str, Any], reason: str, *, status_code: int | None = None) -> None:
+    row_outcome = ROW_UNKNOWN
+
+    def __init__(
+        self,
+        payload: Mapping[str, Any],
+        reason: str,
+        *,
+        status_code: int | None = None,
+        cause: OpportunityError | None = None,
+    ) -> None:
         self.payload = dict(payload)
         self.reason = reason
         self.status_code = status_code
+        self.cause = cause
         super().__init__(
             f"The v1 create of opportunity {self.payload.get('name')!r} (venueId "
-            f"{self.payload.get('venueId')}) may or may not have been stored: {reason}. It was not "
+            f"{self.payload.get('venueId')}) may or may not have been stored: {reason.rstrip('.')}. It was not "
             "resent, because a blind retry can create it twice. Check the CRM for it before sending "
             "it again."
         )
 
+    @property
+    def code(self) -> str:
+        """The reason code recorded for the row: the HTTP status, or ``outcome_unknown``."""
+        return str(self.status_code) if self.status_code else "outcome_unknown"
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
-    """Read ``Retry-After`` as seconds, from either of its two forms (delta-seconds or HTTP date).
-
-    :param headers: the answer's headers (any case of names).
-    """
-    value = None
-    for name, header_value in headers.items():
-        if name.lower() == "retry-after":
-            value = header_value.strip()
-            break
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        from datetime import datetime
-
-        when = parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def decode_body(raw: bytes) -> Any:
-    """Decode an answer body: JSON when it parses, else the text, else ``None`` when empty."""
-    if not raw:
-        return None
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _brief(body: Any) -> str:
-    text = body if isinstance(body, str) else json.dumps(body, default=str)
-    return text if len(text) <= 300 else text[:297] + "..."
-
-
-def _status_error(
-    platform: str,
-    status: int,
-    body: Any,
-    retry_after: float | None,
-    what: str,
-    specific_code: int | None = None,
-    platform_message: str | None = None,
-    additional: Sequence[str] = (),
-) -> OpportunityApiError:
-    """Choose the error type for an HTTP status (or a v1 ``errorCode``) with no better signal."""
-    common: dict[str, Any] = {
-        "status_code": status,
-        "specific_code": specific_code,
-        "platform_message": platform_message,
-        "additional_messages": additional,
-        "platform": platform,
-        "body": body,
-    }
-    detail = platform_message or (_brief(body) if body else "no message")
-    extra = "".join(f"; {m}" for m in additional)
-    if status in _AUTH_STATUSES:
-        advice = {
-            401: "check the API key and secret (v1) or the token / client credentials (v2)",
-            403: "the credentials lack permission for this call; ask the platform's admin",
-            462: "the session expired; the next attempt signs a new request",
-            463: "the API key was revoked; issue a new key and update the connection",
-        }[status]
-        return OpportunityAuthenticationError(
-            f"{what} was not authorized (HTTP {status}: {detail}{extra}): {advice}.", **common
-        )
-    if status == 404:
-        return OpportunityNotFoundError(
-            f"{what} failed: not found (HTTP 404: {detail}). Check the opportunity id and type.", **common
-        )
-    if status == 429:
-        return OpportunityRateLimitedError(
-            f"{what} was rate limited (HTTP 429: {detail}); lower the request rate or concurrency.",
-            retry_after=retry_after,
-            **common,
-        )
-    if status >= 500 and status != 501:
-        return OpportunityServerError(
-            f"{what} failed on the server (HTTP {status}: {detail}{extra}); try again later.",
-            retry_after=retry_after,
-            **common,
-        )
-    if status == 400:
-        return OpportunityInvalidError(
-            f"{what} was refused as invalid (HTTP 400: {detail}{extra}); correct the payload.", **common
-        )
-    return OpportunityRequestFailedError(f"{what} failed (HTTP {status}: {detail}{extra}).", **common)
-
-
-def v1_error(
-    status: int, headers: Mapping[str, str], body: Any, what: str = "The v1 request"
-) -> OpportunityApiError:
-    """Map a v1 error answer (any status, or a 200 with ``success: false``) to its exception.
-
-    :param status: the HTTP status.
-    :param headers: the answer's headers, for ``Retry-After``.
-    :param body: the decoded body: ``{"errorCode", "message", "specificCode", "additionalMessages"}``.
-    :param what: names the call in the message (``"The v1 create of opportunity 'X'"``).
-    """
-    retry_after = retry_after_seconds(headers)
-    specific: int | None = None
-    message: str | None = None
-    additional: list[str] = []
-    error_code = status
-    if isinstance(body, dict):
-        specific = _as_int(body.get("specificCode"))
-        message = body.get("message") if isinstance(body.get("message"), str) else None
-        raw_additional = body.get("additionalMessages") or []
-        if isinstance(raw_additional, list):
-            additional = [str(m) for m in raw_additional]
-        # On a 200 with success false, the body's errorCode says more than the status.
-        body_code = _as_int(body.get("errorCode"))
-        if body_code and status == 200:
-            error_code = body_code
-    common: dict[str, Any] = {
-        "status_code": status,
-        "specific_code": specific,
-        "platform_message": message,
-        "additional_messages": additional,
-        "platform": V1,
-        "body": body,
-    }
-    detail = message or "no message"
-    extra = "".join(f"; {m}" for m in additional)
-    if specific in _V1_NOT_FOUND_CODES:
-        return OpportunityNotFoundError(
-            f"{what} failed: the opportunity does not exist ({specific}: {detail}). Check its `id`, or "
-            "leave `id` out to create a new one.",
-            **common,
-        )
-    if specific == V1_STALE_DATE:
-        return OpportunityAuthenticationError(
-            f"{what} was refused as stale (23005: {detail}): the request date is more than 5 minutes "
-            "from the server's clock; check this machine's clock (NTP).",
-            **common,
-        )
-    if specific in _V1_INVALID_CODES:
-        advice = {
-            V1_REQUEST_EMPTY: "send at least `venueId` and the fields to set",
-            V1_INVALID_DETAILS: "correct the fields named above",
-            V1_PARAMETER_INVALID: "correct the parameter named above",
-            V1_PARAMETER_MISSING: "add the missing parameter named above",
-        }[specific]
-        return OpportunityInvalidError(
-            f"{what} was refused as invalid ({specific}: {detail}{extra}): {advice}.", **common
-        )
-    if status == 200:
-        return OpportunityRequestFailedError(
-            f"{what} answered success=false ({detail}{extra}); nothing is known to be stored.", **common
-        )
-    return _status_error(V1, error_code, body, retry_after, what, specific, message, additional)
-
-
-def v2_error(
-    status: int, headers: Mapping[str, str], body: Any, what: str = "The v2 request"
-) -> OpportunityApiError:
-    """Map a v2 error answer to its exception; a 400 with choices names the valid ones.
-
-    :param status: the HTTP status.
-    :param headers: the answer's headers, for ``Retry-After``.
-    :param body: the decoded body (``V2OpportunityInvalidResponse`` on a 400, a string on 401).
-    :param what: names the call in the message.
-    """
-    if status == 400 and isinstance(body, dict):
-        message = str(body.get("ValidationMessage") or body.get("message") or "validation failed")
-        categories = [
-            str(c.get("CategoryName")) for c in body.get("AvailableCategories") or [] if isinstance(c, dict)
-        ]
-        stages = [str(s.get("StageName")) for s in body.get("AvailableStages") or [] if isinstance(s, dict)]
-        if categories or stages:
-            choices = []
-            if categories:
-                choices.append("CategoryName must be one of: " + ", ".join(repr(c) for c in categories))
-            if stages:
-                choices.append("StageName must be one of: " + ", ".join(repr(s) for s in stages))
-            return OpportunityV2ValidationError(
-                f"{what} was refused: {message} {'; '.join(choices)}.",
-                available_categories=categories,
-                available_stages=stages,
-                status_code=status,
-                platform_message=message,
-                platform=V2,
-                body=body,
-            )
-        return OpportunityInvalidError(
-            f"{what} was refused as invalid (HTTP 400: {message}); correct the payload.",
-            status_code=status,
-            platform_message=message,
-            platform=V2,
-            body=body,
-        )
-    platform_message: str | None = None
-    if isinstance(body, dict):
-        raw = body.get("message") or body.get("Message") or body.get("ValidationMessage")
-        platform_message = str(raw) if raw else None
-    elif isinstance(body, str) and body:
-        platform_message = body
-    return _status_error(
-        V2, status, body, retry_after_seconds(headers), what, platform_message=platform_message
-    )
-
-
-def _as_int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None and value != "" else None
-    except (TypeError, ValueError):
-        return None
+    @property
+    def stops_load(self) -> bool:  # type: ignore[override]
+        """A create redirected elsewhere (a wrong address) stops the load like the redirect itself."""
+        return bool(self.cause is not None and self.cause.stops_load)

@@ -67,7 +67,7 @@ def get_provider_info() -> dict[str, Any]:
                         "v2_token": "pre-issued bearer token (or use client credentials below)",
                         "v2_client_id": "OAuth2 client id",
                         "v2_client_secret": "OAuth2 client secret",
-                        "v2_token_url": "https://nexus.example.com/oauth/token",
+                        "v2_oauth_url": "https://nexus.example.com/oauth/token",
                         "v2_scope": "optional scope",
                         "timeout": "60",
                         "max_retries": "5",
@@ -94,7 +94,7 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "OAuth2 client-credentials secret for the v2 API.",
                         "schema": _PASSWORD,
                     },
-                    "v2_token_url": {
+                    "v2_oauth_url": {
                         "label": "v2 Token URL",
                         "description": "The OAuth2 token endpoint that issues v2 access tokens.",
                         "schema": _TEXT,

@@ -1,58 +1,60 @@
-"""When a failed attempt may be sent again, and how long to wait first.
+"""The one retry policy of both HTTP clients: how many attempts, how long to wait between them.
 
-A request the server refused without processing it (429, 503) or that never left this
-machine is always safe to repeat. One whose outcome is unknown (read timeout, connection
-dropped after sending, 500, 502, 504) is repeated only when repeating cannot change the
-result twice: never for a v1 create, which the caller learns of as an outcome-unknown error.
+Whether an attempt may be repeated at all is decided by ``flow`` (a request refused unprocessed
+always may; one whose outcome is unknown only when repeating it cannot change the result twice).
+This module turns that decision into tenacity's ``Retrying`` for the ``requests`` hook and
+``AsyncRetrying`` for the asyncio client, built from the same arguments.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from tenacity import RetryCallState
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from airflow_opportunity_provider.errors import (
-    OpportunityConnectionError,
-    OpportunityRateLimitedError,
-    OpportunityServerError,
-)
-
-# Statuses the platforms use for "refused before doing anything": always safe to retry.
-REFUSED_STATUSES = frozenset({429, 503})
-# Statuses that leave the outcome unknown: the server may have stored the change.
-AMBIGUOUS_STATUSES = frozenset({500, 502, 504})
+if TYPE_CHECKING:
+    from airflow_opportunity_provider.errors import OpportunityError
+    from airflow_opportunity_provider.flow import Decision
 
 
-def is_refused_unprocessed(error: BaseException) -> bool:
-    """Whether the server certainly did nothing with the request (it may be sent again)."""
-    if isinstance(error, OpportunityRateLimitedError):
-        return True
-    if isinstance(error, OpportunityServerError) and error.status_code in REFUSED_STATUSES:
-        return True
-    return isinstance(error, OpportunityConnectionError) and not error.sent
+class FailedAttempt(Exception):
+    """One attempt that did not succeed, carrying what ``flow`` decided about it.
 
+    It never leaves a client: after the last attempt the client raises :attr:`error`.
 
-def is_outcome_unknown(error: BaseException) -> bool:
-    """Whether the request may have been applied although no success came back."""
-    if isinstance(error, OpportunityServerError) and error.status_code in AMBIGUOUS_STATUSES:
-        return True
-    return isinstance(error, OpportunityConnectionError) and error.sent
-
-
-def should_retry(error: BaseException, idempotent: bool) -> bool:
-    """The retry rule: refused requests always, unknown outcomes only for idempotent calls.
-
-    :param error: what the attempt raised.
-    :param idempotent: whether sending the request twice has the effect of sending it once.
+    :param decision: the attempt's decision (its error, whether a retry is allowed, ``Retry-After``).
     """
-    return is_refused_unprocessed(error) or (idempotent and is_outcome_unknown(error))
+
+    def __init__(self, decision: Decision[Any]) -> None:
+        super().__init__(str(decision.error))
+        self.decision = decision
+
+    @property
+    def error(self) -> OpportunityError:
+        """The error the caller gets when no attempt is left."""
+        assert self.decision.error is not None
+        return self.decision.error
+
+    @property
+    def retry_after(self) -> float | None:
+        """What the server asked to wait, when it said."""
+        return self.decision.retry_after
+
+
+def _may_retry(error: BaseException) -> bool:
+    return isinstance(error, FailedAttempt) and error.decision.retry
 
 
 @dataclass(frozen=True)
 class Backoff:
     """Exponential backoff with full jitter and a cap, that never waits less than ``Retry-After``.
+
+    The n-th wait is drawn uniformly from ``[0, min(maximum, initial * 2 ** (n - 1))]`` ("full
+    jitter"), which spreads the retries of many concurrent workers apart. When the server sent
+    ``Retry-After``, the wait is that long (capped at ``max_retry_after``) plus up to 10 % more.
 
     :param initial: the first backoff ceiling, in seconds.
     :param maximum: the cap on a computed wait.
@@ -69,18 +71,69 @@ class Backoff:
         :param attempt_number: how many attempts have failed so far.
         :param retry_after: what the server asked for, if anything.
         """
-        ceiling = min(self.maximum, self.initial * 2 ** (attempt_number - 1))
-        # Full jitter spreads the retries of many concurrent workers apart.
-        computed = random.uniform(ceiling / 2, ceiling)
         if retry_after:
             # Never earlier than asked; a little later, so that workers told the same
             # Retry-After do not all come back in the same instant.
             honoured = min(retry_after, self.max_retry_after)
             return honoured + random.uniform(0, 0.1 * honoured)
-        return computed
+        ceiling = min(self.maximum, self.initial * 2 ** (attempt_number - 1))
+        return random.uniform(0, ceiling)
 
     def __call__(self, retry_state: RetryCallState) -> float:
         """Tenacity ``wait`` callback."""
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
         return self.seconds(retry_state.attempt_number, getattr(error, "retry_after", None))
+
+
+BeforeSleep = Callable[[RetryCallState], Any]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one logical call is attempted: at most ``max_retries + 1`` times, waiting by ``backoff``.
+
+    :param max_retries: retries after the first attempt.
+    :param backoff: the waits between attempts.
+    """
+
+    max_retries: int
+    backoff: Backoff = field(default_factory=Backoff)
+
+    @property
+    def attempts(self) -> int:
+        """The most attempts one call makes."""
+        return self.max_retries + 1
+
+    def _arguments(self, before_sleep: BeforeSleep | None) -> dict[str, Any]:
+        return {
+            "stop": stop_after_attempt(self.attempts),
+            "wait": self.backoff,
+            "retry": retry_if_exception(_may_retry),
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def retrying(self, before_sleep: BeforeSleep | None = None) -> Retrying:
+        """A tenacity ``Retrying`` for the synchronous client.
+
+        :param before_sleep: called before each wait (to log or count the retry).
+        """
+        return Retrying(**self._arguments(before_sleep))
+
+    def async_retrying(self, before_sleep: BeforeSleep | None = None) -> AsyncRetrying:
+        """A tenacity ``AsyncRetrying`` for the asyncio client, with the same arguments.
+
+        :param before_sleep: called before each wait (to log or count the retry).
+        """
+        return AsyncRetrying(**self._arguments(before_sleep))
+
+
+def failed_attempt(retry_state: RetryCallState) -> FailedAttempt | None:
+    """The failed attempt a tenacity callback is called for, if it was one.
+
+    :param retry_state: tenacity's state of the call.
+    """
+    outcome = retry_state.outcome
+    error = outcome.exception() if outcome is not None else None
+    return error if isinstance(error, FailedAttempt) else None

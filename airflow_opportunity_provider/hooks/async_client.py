@@ -1,8 +1,9 @@
 """AsyncOpportunityClient: the asyncio (aiohttp) twin of ``OpportunityHook`` for bulk loads.
 
-It signs, reads answers, maps errors and decides retries with exactly the functions the
-``requests`` hook uses (``auth``, ``protocol``, ``errors``, ``retries``), so a row loaded in bulk
-behaves as it would through the hook: a v1 create whose outcome is unknown is never resent.
+What every answer means, what may be retried and the token refresh live in ``flow``, shared with
+the ``requests`` hook, so a row loaded in bulk behaves as it would through the hook: a v1 create
+whose outcome is unknown is never resent. This module only sends bytes, and maps each aiohttp
+failure to "never sent" or "may have been processed".
 """
 
 from __future__ import annotations
@@ -12,43 +13,36 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import aiohttp
+from tenacity import RetryCallState
 
-from airflow_opportunity_provider import __version__
+from airflow_opportunity_provider import protocol
 from airflow_opportunity_provider.auth import TokenCache
 from airflow_opportunity_provider.connection import OpportunitySettings
-from airflow_opportunity_provider.errors import (
-    OpportunityAuthenticationError,
-    OpportunityConnectionError,
-    OpportunityError,
-    OpportunityOutcomeUnknownError,
-    OpportunityRateLimitedError,
-    decode_body,
+from airflow_opportunity_provider.errors import OpportunityConfigurationError
+from airflow_opportunity_provider.flow import (
+    USER_AGENT,
+    Answer,
+    Credentials,
+    NeedToken,
+    Request,
+    TransportFault,
+    perform_async,
 )
-from airflow_opportunity_provider.protocol import (
-    prepare_v1_add_or_update,
-    read_v2_answer,
-    read_v2_token_answer,
-    v2_opportunity_path,
-    v2_put_what,
-    v2_record,
-    v2_token_request,
-)
-from airflow_opportunity_provider.retries import Backoff, is_outcome_unknown, should_retry
-from airflow_opportunity_provider.schemas import split_put_request, validate_add_or_update_payload
-from airflow_opportunity_provider.serialization import dumps_bytes
+from airflow_opportunity_provider.protocol import Call
+from airflow_opportunity_provider.proxies import proxy_for
+from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
+from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
 if TYPE_CHECKING:
     from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 
 T = TypeVar("T")
-Reader = Callable[[int, Mapping[str, str], Any], T]
 
-USER_AGENT = f"airflow-opportunity-provider/{__version__}"
 # DNS answers are kept this long; a bulk load makes thousands of calls to one host.
 DNS_CACHE_SECONDS = 300
 # Pacing lets requests leave at up to this many times the even spread over a round trip, so it
@@ -127,10 +121,10 @@ class AsyncOpportunityClient:
     """Calls the v1 add-or-update and the v2 put endpoints from one event loop, many at a time.
 
     One ``aiohttp.ClientSession`` with a connector sized to ``concurrency`` serves every call;
-    use the client as an async context manager so that the session is closed. Every attempt is
-    signed afresh (v1) or carries the cached bearer token (v2), waits for ``gate`` when one is
-    given, and is retried by the same rule as :class:`OpportunityHook`. With ``pacing`` (the
-    default) the attempts are spread evenly over a round trip (see :class:`RequestPacer`).
+    use the client as an async context manager so that the session is closed. Every attempt
+    waits for ``gate`` when one is given; what it means and whether it is retried is decided by
+    ``flow``, exactly as for :class:`OpportunityHook`. With ``pacing`` (the default) the attempts
+    are spread evenly over a round trip (see :class:`RequestPacer`).
 
     :param settings: the connection's settings (see :func:`settings_from_connection`).
     :param concurrency: the most requests in flight at once; sizes the connection pool.
@@ -159,6 +153,8 @@ class AsyncOpportunityClient:
         self.pacer = RequestPacer(concurrency) if pacing and concurrency > 1 else None
         self.backoff = backoff or Backoff()
         self.token_cache = token_cache or TokenCache(settings.v2_token)
+        self.credentials = Credentials.from_settings(settings, self.token_cache)
+        self.retry_policy = RetryPolicy(settings.max_retries, self.backoff)
         self._session: aiohttp.ClientSession | None = None
         self._token_lock: asyncio.Lock | None = None
         # Counted per attempt, so a summary can say how many requests a load really sent.
@@ -201,7 +197,7 @@ class AsyncOpportunityClient:
         connector = aiohttp.TCPConnector(
             limit=self.concurrency,
             ttl_dns_cache=DNS_CACHE_SECONDS,
-            ssl=_ssl_option(settings.verify),
+            ssl=_ssl_option(settings.verify, settings.cert),
         )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout
@@ -214,6 +210,8 @@ class AsyncOpportunityClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             # Small JSON answers: compressing them costs both sides more than it saves.
             skip_auto_headers=("Accept-Encoding",),
+            # Proxies are chosen per request by proxies.proxy_for, as the requests hook chooses them.
+            trust_env=False,
         )
         self._token_lock = asyncio.Lock()
 
@@ -232,43 +230,32 @@ class AsyncOpportunityClient:
 
     # -- the endpoints -------------------------------------------------------------------
 
-    async def add_or_update_opportunity(self, payload: Mapping[str, Any], *, validate: bool = True) -> int:
+    async def add_or_update_opportunity(self, payload: Mapping[str, Any] | CheckedV1Payload) -> int:
         """Create (no ``id``) or update (with ``id``) a v1 opportunity and return its id.
 
         A create whose outcome cannot be known is not sent again: it raises
         :class:`~airflow_opportunity_provider.errors.OpportunityOutcomeUnknownError`.
 
-        :param payload: the opportunity fields.
-        :param validate: check the payload against the v1 schema first (skip it only when the
-            caller already did).
+        :param payload: the opportunity fields, validated against the v1 schema unless already
+            checked (``schemas.check_add_or_update_payload``).
         """
-        if validate:
-            validate_add_or_update_payload(payload)
-        call = prepare_v1_add_or_update(self.settings, payload)
+        return await self._perform(protocol.v1_add_or_update(self.settings, payload))
 
-        async def headers() -> dict[str, str]:
-            return call.signed_headers()
-
-        return await self._call(
-            "POST",
-            call.url,
-            body=call.body,
-            headers=headers,
-            read=call.read,
-            what=call.what,
-            idempotent=call.idempotent,
-            payload=payload,
-        )
-
-    async def put_opportunity_document(self, document: Mapping[str, Any]) -> dict[str, Any]:
+    async def put_opportunity_request(self, request: Mapping[str, Any] | CheckedPutRequest) -> dict[str, Any]:
         """Update a v2 opportunity from one flat document (``Id``, ``opportunityType``,
-        ``LanguageId`` and body fields), validated and split by the v2 schema.
+        ``LanguageId`` and body fields) or an already checked request.
 
-        :param document: the flat put request.
+        :param request: the put request; a document is validated against the v2 schema first.
         :return: the full updated record the platform answered.
         """
-        opportunity_id, opportunity_type, language_id, body = split_put_request(document)
-        return await self.put_opportunity(opportunity_id, opportunity_type, body, language_id)
+        return await self._perform(protocol.v2_put(self.settings, check_put_request(request)))
+
+    async def put_opportunity_document(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """Update a v2 opportunity from one flat document; see :meth:`put_opportunity_request`.
+
+        :param document: the flat put request.
+        """
+        return await self.put_opportunity_request(document)
 
     async def put_opportunity(
         self,
@@ -277,7 +264,7 @@ class AsyncOpportunityClient:
         body: Mapping[str, Any],
         language_id: int | None = None,
     ) -> dict[str, Any]:
-        """Update a v2 opportunity with an already validated body.
+        """Update a v2 opportunity (validated against the v2 schema first).
 
         :param opportunity_id: the platform's own opportunity id.
         :param opportunity_type: ``"Pre"`` or ``"Post"``.
@@ -285,174 +272,148 @@ class AsyncOpportunityClient:
         :param language_id: the language of localized content.
         :return: the full updated record the platform answered.
         """
-        path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
-        what = v2_put_what(opportunity_id, opportunity_type)
-        return v2_record(await self._v2_call("PUT", path, dumps_bytes(body), what), what)
+        document: dict[str, Any] = {"Id": opportunity_id, "opportunityType": opportunity_type, **body}
+        if language_id is not None:
+            document["LanguageId"] = language_id
+        return await self.put_opportunity_request(document)
 
-    # -- v2 authentication ---------------------------------------------------------------
+    async def get_opportunity(
+        self, opportunity_id: int, opportunity_type: str | None = None, language_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Read a v2 opportunity: both its Pre and Post records when no type is given.
 
-    async def _bearer_token(self) -> str:
-        token = self.token_cache.current()
-        if token is not None:
-            return token
-        lock = self._token_lock
-        assert lock is not None  # set by open()
-        # Single flight: the first caller fetches, the others wait and reuse its token.
-        async with lock:
-            token = self.token_cache.current()
-            if token is None:
-                token = await self._fetch_token()
-        return token
-
-    async def _fetch_token(self) -> str:
-        settings = self.settings
-        token_url, form = v2_token_request(settings)
-        cache = self.token_cache
-
-        def read(status: int, headers: Mapping[str, str], body: Any) -> str:
-            token = read_v2_token_answer(cache, settings.conn_id, status, headers, body)
-            _mask(token)
-            return token
-
-        async def headers() -> dict[str, str]:
-            return {}
-
-        log.info("Fetching a v2 access token from %s", token_url)
-        return await self._call(
-            "POST",
-            token_url,
-            body=None,
-            form=form,
-            headers=headers,
-            read=read,
-            what="The v2 token request",
-            idempotent=True,
+        :param opportunity_id: the platform's own opportunity id.
+        :param opportunity_type: ``"Pre"``, ``"Post"`` or ``None`` for both.
+        :param language_id: the language of localized content.
+        """
+        return await self._perform(
+            protocol.v2_get(self.settings, opportunity_id, opportunity_type, language_id)
         )
 
-    async def _v2_call(self, method: str, path: str, body: bytes | None, what: str) -> Any:
-        url = self.settings.require_v2() + path
-        sent_token: dict[str, str] = {}
+    # -- the call flow's transport -------------------------------------------------------
 
-        async def headers() -> dict[str, str]:
-            token = await self._bearer_token()
-            sent_token["value"] = token
-            result = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            if body is not None:
-                result["Content-Type"] = "application/json"
-            return result
+    async def _perform(self, call: Call[T]) -> T:
+        return await perform_async(
+            call, self.credentials, self.retry_policy, self._send, self._token, self._on_retry
+        )
 
-        def read(status: int, answer_headers: Mapping[str, str], answer: Any) -> Any:
-            return read_v2_answer(status, answer_headers, answer, what)
+    def _on_retry(self, retry_state: RetryCallState) -> None:
+        failed = failed_attempt(retry_state)
+        wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
+        if failed is not None and failed.decision.status == 429 and self.gate is not None:
+            # The server is over its limit for every worker, not just this one.
+            self.gate.pause(wait)
+        self.retries += 1
+        # Debug only: a bulk load retries hundreds of rows and reports the count instead.
+        log.debug(
+            "attempt %d failed: %s; retrying in %.2f s",
+            retry_state.attempt_number,
+            failed.error if failed is not None else "an error",
+            wait,
+        )
 
-        try:
-            return await self._call(
-                method, url, body=body, headers=headers, read=read, what=what, idempotent=True
-            )
-        except OpportunityAuthenticationError as error:
-            # A token can be revoked or expire early: fetch a new one once and repeat once.
-            if error.status_code != 401 or self.token_cache.is_static:
-                raise
-            log.info("%s answered 401; fetching a new token and repeating it once", what)
-            self.token_cache.invalidate(sent_token.get("value"))
-            return await self._call(
-                method, url, body=body, headers=headers, read=read, what=what, idempotent=True
-            )
-
-    # -- sending with retries ------------------------------------------------------------
-
-    async def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None,
-        headers: Callable[[], Awaitable[dict[str, str]]],
-        read: Reader[T],
-        what: str,
-        idempotent: bool,
-        payload: Mapping[str, Any] | None = None,
-        form: Mapping[str, str] | None = None,
-    ) -> T:
-        """Send one logical call: every attempt waits for the gate and gets fresh headers."""
-        attempts = self.settings.max_retries + 1
-        attempt_number = 0
-        while True:
-            attempt_number += 1
-            try:
-                return await self._attempt(method, url, body, form, headers, read, what)
-            except OpportunityError as error:
-                if not idempotent and payload is not None and is_outcome_unknown(error):
-                    raise OpportunityOutcomeUnknownError(
-                        payload, str(error), status_code=getattr(error, "status_code", None)
-                    ) from None
-                if attempt_number >= attempts or not should_retry(error, idempotent):
-                    raise
-                wait = self.backoff.seconds(attempt_number, getattr(error, "retry_after", None))
-                if isinstance(error, OpportunityRateLimitedError) and self.gate is not None:
-                    # The server is over its limit for every worker, not just this one.
-                    self.gate.pause(wait)
-                self.retries += 1
-                # Debug only: a bulk load retries hundreds of rows and reports the count instead.
-                log.debug(
-                    "%s failed (attempt %d of %d): %s; retrying in %.2f s",
-                    what, attempt_number, attempts, error, wait,
-                )  # fmt: skip
-                await asyncio.sleep(wait)
-
-    async def _attempt(
-        self,
-        method: str,
-        url: str,
-        body: bytes | None,
-        form: Mapping[str, str] | None,
-        headers: Callable[[], Awaitable[dict[str, str]]],
-        read: Reader[T],
-        what: str,
-    ) -> T:
+    async def _send(self, request: Request) -> Answer | TransportFault:
+        """Send one request; a failure becomes a :class:`TransportFault` by this client's table."""
         pacer = self.pacer
         if pacer is not None:
             await pacer.wait()
         # The gate comes last: a pacing wait after it could send two of its slots too close.
         if self.gate is not None:
             await self.gate.acquire()
-        request_headers = await headers()
+        settings = self.settings
         self.requests_sent += 1
         try:
             sent_at = time.perf_counter()
             async with self.session.request(
-                method,
-                url,
-                data=body if form is None else dict(form),
-                headers=request_headers,
+                request.method,
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
                 allow_redirects=False,
+                proxy=proxy_for(request.url, settings.proxies, settings.trust_env),
             ) as response:
                 raw = await response.read()
                 status = response.status
                 answer_headers = response.headers
             if pacer is not None:
                 pacer.observe(time.perf_counter() - sent_at)
-        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
-            # Connecting failed: no byte of the request left this machine.
-            raise OpportunityConnectionError(f"{what} could not connect.", sent=False) from None
-        except (aiohttp.SocketTimeoutError, TimeoutError):
-            raise OpportunityConnectionError(
-                f"{what} got no answer within {self.settings.read_timeout:g} s.", sent=True
-            ) from None
-        except aiohttp.ClientError as error:
-            # The type name only: aiohttp's messages can carry the request's headers.
-            raise OpportunityConnectionError(
-                f"{what} lost its connection after sending ({type(error).__name__}).", sent=True
-            ) from None
+        except Exception as error:
+            return _transport_fault(error, settings)
         if status == 429:
             self.rate_limited += 1
-        return read(status, answer_headers, decode_body(raw))
+        return Answer(status, answer_headers, raw)
+
+    async def _token(self, need: NeedToken) -> str:
+        """A bearer token: the cached one, or one fetched once for every worker that waits."""
+        cache = self.token_cache
+        if need.rejected is not None:
+            log.info("A v2 call answered 401; fetching a new token and repeating the call once")
+            cache.invalidate(need.rejected)
+        token = cache.current()
+        if token is not None:
+            return token
+        lock = self._token_lock
+        assert lock is not None  # set by open()
+        # Single flight: the first caller fetches, the others wait and reuse its token.
+        async with lock:
+            token = cache.current()
+            if token is None:
+                call = protocol.v2_token(self.settings)
+                log.info("Fetching a v2 access token from %s", call.address)
+                token = cache.store(await self._perform(call))
+                _mask(token)
+        return token
 
 
-def _ssl_option(verify: bool | str) -> bool | ssl.SSLContext:
-    """aiohttp's ``ssl`` argument for the connection's ``verify`` (a bool or a CA bundle path)."""
-    if isinstance(verify, str):
-        return ssl.create_default_context(cafile=verify)
-    return verify
+# The one table of this client: each aiohttp failure, and whether the request may have been
+# processed. Connecting (DNS, TCP, a proxy's tunnel, the TLS handshake) fails before any byte
+# of the request leaves; every later failure may follow a request the server received.
+_NEVER_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ClientHttpProxyError)
+_CUT_SHORT = (aiohttp.ClientPayloadError,)
+_READ_TIMEOUT = (aiohttp.SocketTimeoutError, aiohttp.ServerTimeoutError, TimeoutError)
+_BEFORE_SENDING = (aiohttp.InvalidURL, ValueError)
+
+
+def _transport_fault(error: BaseException, settings: OpportunitySettings) -> TransportFault:
+    name = type(error).__name__
+    if isinstance(error, aiohttp.ConnectionTimeoutError):
+        return TransportFault(False, f"could not connect within {settings.connect_timeout:g} s")
+    if isinstance(error, aiohttp.ClientConnectorSSLError | aiohttp.ClientConnectorCertificateError):
+        return TransportFault(False, f"failed in the TLS handshake ({name})")
+    if isinstance(error, aiohttp.ClientConnectorError):
+        cause = type(error.os_error).__name__ if error.os_error is not None else name
+        return TransportFault(False, f"could not connect ({cause})")
+    if isinstance(error, _NEVER_SENT):
+        return TransportFault(False, f"could not connect ({name})")
+    if isinstance(error, _CUT_SHORT):
+        return TransportFault(True, f"had its answer cut short ({name})")
+    if isinstance(error, _READ_TIMEOUT):
+        return TransportFault(True, f"got no answer within {settings.read_timeout:g} s")
+    if isinstance(error, ssl.SSLError):
+        return TransportFault(True, f"failed in TLS after sending ({name})")
+    if isinstance(error, aiohttp.ClientError | OSError | asyncio.IncompleteReadError):
+        return TransportFault(True, f"lost its connection after sending ({name})")
+    if isinstance(error, _BEFORE_SENDING):
+        raise OpportunityConfigurationError(
+            f"The request could not be built ({name}): check the connection's host and "
+            "extra.v2_base_url, extra.v2_oauth_url and extra.proxies."
+        ) from None
+    raise error
+
+
+def _ssl_option(verify: bool | str, cert: str | tuple[str, str] | None = None) -> bool | ssl.SSLContext:
+    """aiohttp's ``ssl`` argument for the connection's ``verify`` (a bool or a CA bundle path) and
+    client certificate, meaning what ``requests`` makes of the same two settings."""
+    if cert is None and not isinstance(verify, str):
+        return verify
+    context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else None)
+    if verify is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        certificate, key = (cert, None) if isinstance(cert, str) else cert
+        context.load_cert_chain(certificate, key)
+    return context
 
 
 def _mask(secret: str) -> None:

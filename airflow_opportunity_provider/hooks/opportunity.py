@@ -1,23 +1,32 @@
 """OpportunityHook: one method per endpoint of both platforms, returning parsed values.
 
-It owns one pooled ``requests`` session, signs every v1 attempt afresh, keeps the v2 token
-cached, retries what is safe to retry and raises the typed errors of ``errors``.
+It is an ``HttpHook`` with one pooled ``requests`` session. What every answer means, what may
+be retried and the token refresh live in ``flow``; this module only sends bytes, and maps each
+``requests`` failure to "never sent" or "may have been processed".
 """
 
 from __future__ import annotations
 
+import dataclasses
+import http.client
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
+import urllib3.connection
 import urllib3.exceptions
-from airflow.providers.common.compat.sdk import BaseHook, mask_secret
+from airflow.providers.common.compat.sdk import mask_secret
+from airflow.providers.http.hooks.http import HttpHook
 from requests.adapters import HTTPAdapter
-from tenacity import Retrying, retry_if_exception, stop_after_attempt
+from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+from tenacity import RetryCallState
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.poolmanager import PoolManager
 
-from airflow_opportunity_provider import __version__
-from airflow_opportunity_provider.auth import TokenCache, sign_v1_request
+from airflow_opportunity_provider import protocol
+from airflow_opportunity_provider.auth import TokenCache
 from airflow_opportunity_provider.connection import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
@@ -26,59 +35,181 @@ from airflow_opportunity_provider.connection import (
 )
 from airflow_opportunity_provider.errors import (
     OpportunityApiError,
-    OpportunityAuthenticationError,
-    OpportunityConnectionError,
+    OpportunityConfigurationError,
     OpportunityError,
-    OpportunityOutcomeUnknownError,
-    decode_body,
 )
-from airflow_opportunity_provider.protocol import (
-    V1_PING,
-    prepare_v1_add_or_update,
-    read_v1_ping,
-    read_v2_answer,
-    read_v2_token_answer,
-    v1_request_string,
-    v2_opportunity_path,
-    v2_put_what,
-    v2_record,
-    v2_token_request,
+from airflow_opportunity_provider.flow import (
+    USER_AGENT,
+    Answer,
+    Credentials,
+    NeedToken,
+    Request,
+    TransportFault,
+    perform,
 )
-from airflow_opportunity_provider.retries import Backoff, is_outcome_unknown, should_retry
-from airflow_opportunity_provider.schemas import validate_add_or_update_payload, validate_put_request
-from airflow_opportunity_provider.serialization import dumps_bytes
+from airflow_opportunity_provider.protocol import Call
+from airflow_opportunity_provider.proxies import proxy_for
+from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
+from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
 T = TypeVar("T")
-Reader = Callable[[int, Mapping[str, str], Any], T]
 
-USER_AGENT = f"airflow-opportunity-provider/{__version__}"
 _POOL_SIZE = 32
 
-_NEVER_SENT = (
-    urllib3.exceptions.NewConnectionError,
-    urllib3.exceptions.ConnectTimeoutError,
-    urllib3.exceptions.NameResolutionError,
-    urllib3.exceptions.SSLError,
+
+# -- knowing whether a request left ----------------------------------------------------------
+
+
+class _SendTracker(threading.local):
+    """Whether the current thread's attempt has begun writing its request (per thread)."""
+
+    sent = False
+
+
+_TRACKER = _SendTracker()
+
+
+class _TrackedSendMixin:
+    """Marks the attempt as sent just before the first byte of the request is written.
+
+    Connecting (DNS, TCP, a proxy tunnel, the TLS handshake) happens first, so a failure there
+    is known to have sent nothing; any failure after it may have reached the server.
+    """
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        if self.sock is None:  # type: ignore[attr-defined]
+            self.connect()  # type: ignore[attr-defined]
+        _TRACKER.sent = True
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _TrackedHTTPConnection(_TrackedSendMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_TrackedSendMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _TrackedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
+
+
+def _track(manager: PoolManager) -> PoolManager:
+    manager.pool_classes_by_scheme = {
+        "http": _TrackedHTTPConnectionPool,
+        "https": _TrackedHTTPSConnectionPool,
+    }
+    return manager
+
+
+class _TrackingAdapterMixin:
+    """An adapter whose connections report when a request leaves (see :class:`_TrackedSendMixin`)."""
+
+    poolmanager: PoolManager
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[misc]
+        _track(self.poolmanager)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> PoolManager:
+        return _track(super().proxy_manager_for(proxy, **proxy_kwargs))  # type: ignore[misc]
+
+
+class _TrackedKeepAliveAdapter(_TrackingAdapterMixin, TCPKeepAliveAdapter):
+    """``HttpHook``'s TCP keep-alive adapter, tracked."""
+
+
+class _TrackedAdapter(_TrackingAdapterMixin, HTTPAdapter):
+    """The plain adapter, tracked (``tcp_keep_alive=False``)."""
+
+
+# The one table of this client: each requests failure, and whether the request may have been
+# processed. Failures that happen both before and after the request left (a connection error,
+# a TLS error) are settled by the tracker.
+_CUT_SHORT = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.ProtocolError,
+    http.client.IncompleteRead,
+)
+_BEFORE_SENDING = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidProxyURL,
 )
 
 
-def _never_sent(error: requests.ConnectionError) -> bool:
-    """Whether a connection error happened before any byte of the request left this machine."""
-    if isinstance(error, requests.ConnectTimeout | requests.exceptions.SSLError):
-        return True
-    reason = error.args[0] if error.args else None
-    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
-    return isinstance(reason, _NEVER_SENT)
+def _cause_name(error: BaseException) -> str:
+    """The most specific type name of a requests failure: urllib3 wraps the cause, often twice."""
+    current: BaseException = error
+    for _ in range(6):
+        reason: Any = current.args[0] if current.args else None
+        inner = getattr(reason, "reason", None) if reason is not None else None
+        following = (
+            inner
+            if isinstance(inner, BaseException)
+            else reason
+            if isinstance(reason, BaseException)
+            else current.__cause__ or current.__context__
+        )
+        if following is None:
+            break
+        current = following
+    return type(current).__name__
 
 
-class OpportunityHook(BaseHook):
+def _transport_fault(error: BaseException, settings: OpportunitySettings) -> TransportFault:
+    sent = _TRACKER.sent
+    name = _cause_name(error)
+    if isinstance(error, _BEFORE_SENDING):
+        raise OpportunityConfigurationError(
+            f"The request could not be built ({type(error).__name__}): check the connection's host and "
+            "extra.v2_base_url, extra.v2_oauth_url and extra.proxies."
+        ) from None
+    if isinstance(error, requests.ConnectTimeout) and not sent:
+        return TransportFault(False, f"could not connect within {settings.connect_timeout:g} s")
+    if isinstance(error, requests.ReadTimeout):
+        return TransportFault(True, f"got no answer within {settings.read_timeout:g} s")
+    if isinstance(error, _CUT_SHORT):
+        return TransportFault(True, f"had its answer cut short ({name})")
+    if isinstance(error, requests.exceptions.SSLError):
+        if sent:
+            return TransportFault(True, f"failed in TLS after sending ({name})")
+        return TransportFault(False, f"failed in the TLS handshake ({name})")
+    if not sent:
+        return TransportFault(False, f"could not connect ({name})")
+    return TransportFault(True, f"lost its connection after sending ({name})")
+
+
+# -- the hook --------------------------------------------------------------------------------
+
+
+class OpportunityHook(HttpHook):
     """Calls the v1 add-or-update and the v2 put/get opportunity endpoints.
 
     The connection (type ``opportunity_crm``) holds either platform's settings, or both:
     v1 in host/port/login/password, v2 in ``extra`` (see the README's connection table).
 
+    It is an ``HttpHook`` for what HTTP connections offer (``extra.proxies``, ``extra.cert``,
+    ``extra.trust_env``, ``extra.headers``, TCP keep-alive), with three differences kept on
+    purpose: one pooled session serves every call; ``login``/``password`` are never sent as
+    Basic auth (the v1 secret only signs); other extras never become headers (they hold the
+    client secret).
+
     :param opportunity_conn_id: the Airflow connection to use.
     :param settings: settings to use instead of reading a connection (tests, scripts).
+    :param backoff: the waits between attempts.
+    :param tcp_keep_alive: turn TCP keep-alive on for the pooled connections.
+    :param tcp_keep_alive_idle: seconds idle before the first keep-alive probe.
+    :param tcp_keep_alive_count: probes before a connection counts as dead.
+    :param tcp_keep_alive_interval: seconds between probes.
     """
 
     conn_name_attr = "opportunity_conn_id"
@@ -92,13 +223,30 @@ class OpportunityHook(BaseHook):
         *,
         settings: OpportunitySettings | None = None,
         backoff: Backoff | None = None,
+        tcp_keep_alive: bool = True,
+        tcp_keep_alive_idle: int = 120,
+        tcp_keep_alive_count: int = 20,
+        tcp_keep_alive_interval: int = 30,
     ) -> None:
-        super().__init__()
+        # Retries are ours (they know which calls are idempotent): urllib3 never resends on its own.
+        adapter: HTTPAdapter
+        if tcp_keep_alive:
+            adapter = _TrackedKeepAliveAdapter(
+                idle=tcp_keep_alive_idle,
+                count=tcp_keep_alive_count,
+                interval=tcp_keep_alive_interval,
+                pool_maxsize=_POOL_SIZE,
+                max_retries=0,
+            )
+        else:
+            adapter = _TrackedAdapter(pool_maxsize=_POOL_SIZE, max_retries=0)
+        super().__init__(method="POST", http_conn_id=opportunity_conn_id, adapter=adapter)
         self.opportunity_conn_id = opportunity_conn_id
         self._settings = settings
         self._session: requests.Session | None = None
         self._token_cache: TokenCache | None = None
-        self._setup_lock = threading.Lock()
+        # Re-entrant: making the session reads the settings, both under this lock.
+        self._setup_lock = threading.RLock()
         self.backoff = backoff or Backoff()
         if settings is not None:
             self._mask(settings)
@@ -134,20 +282,9 @@ class OpportunityHook(BaseHook):
         return self._settings
 
     @property
-    def session(self) -> requests.Session:
-        """One pooled session for every call of this hook, so connections are reused."""
-        if self._session is None:
-            with self._setup_lock:
-                if self._session is None:
-                    session = requests.Session()
-                    # Retries are ours (they know which calls are idempotent); urllib3 must not
-                    # silently resend a request on its own.
-                    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=_POOL_SIZE, max_retries=0)
-                    session.mount("https://", adapter)
-                    session.mount("http://", adapter)
-                    session.headers["User-Agent"] = USER_AGENT
-                    self._session = session
-        return self._session
+    def retry_policy(self) -> RetryPolicy:
+        """How each call is attempted: ``extra.max_retries`` retries, waiting by :attr:`backoff`."""
+        return RetryPolicy(self.settings.max_retries, self.backoff)
 
     @property
     def token_cache(self) -> TokenCache:
@@ -158,6 +295,64 @@ class OpportunityHook(BaseHook):
                     self._token_cache = TokenCache(self.settings.v2_token)
         return self._token_cache
 
+    @property
+    def credentials(self) -> Credentials:
+        """The v1 key and secret and the v2 token cache, for the call flow."""
+        return Credentials.from_settings(self.settings, self.token_cache)
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one pooled session, made on first use from the connection's HTTP options.
+
+        :param headers: not used: every request carries its own headers.
+        :param extra_options: not used: the options come from the connection.
+        """
+        if self._session is None:
+            with self._setup_lock:
+                if self._session is None:
+                    session = requests.Session()
+                    session = self._configure_session_from_auth(session, None)  # type: ignore[arg-type]
+                    session = self._configure_session_from_extra(session, None, {})
+                    session = self._configure_session_from_mount_adapters(session)
+                    session.headers["User-Agent"] = USER_AGENT
+                    self._session = session
+        return self._session
+
+    @property
+    def session(self) -> requests.Session:
+        """The pooled session (see :meth:`get_conn`)."""
+        return self.get_conn()
+
+    def _extract_auth(self, connection: Any) -> Any | None:
+        # Never Basic auth: the login is the v1 API key and the password the secret that signs.
+        return None
+
+    def _configure_session_from_extra(
+        self, session: requests.Session, connection: Any, extra_options: dict[str, Any]
+    ) -> requests.Session:
+        settings = self.settings
+        # Proxies are chosen per request by proxies.proxy_for, as the asyncio client chooses them.
+        session.proxies = {}
+        session.verify = settings.verify
+        session.cert = settings.cert
+        session.trust_env = settings.trust_env
+        return session
+
+    def _configure_session_from_mount_adapters(self, session: requests.Session) -> requests.Session:
+        # Both schemes: the v1 and v2 platforms may differ.
+        if self.adapter is not None:
+            session.mount("https://", self.adapter)
+            session.mount("http://", self.adapter)
+        return session
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Not offered: a bare request would go unsigned; use the endpoint methods."""
+        raise OpportunityConfigurationError(
+            "OpportunityHook sends only its own endpoint calls (add_or_update_opportunity, put_opportunity, "
+            "get_opportunity, list_opportunities, ping_v1); HttpHook.run would send an unsigned request."
+        )
+
     def close(self) -> None:
         """Close the pooled connections."""
         if self._session is not None:
@@ -166,31 +361,18 @@ class OpportunityHook(BaseHook):
 
     # -- the endpoints -------------------------------------------------------------------
 
-    def add_or_update_opportunity(self, payload: Mapping[str, Any]) -> int:
+    def add_or_update_opportunity(self, payload: Mapping[str, Any] | CheckedV1Payload) -> int:
         """Create an opportunity (no ``id`` in the payload) or update one (with ``id``), on v1.
 
-        A create whose outcome cannot be known (read timeout, connection dropped after
-        sending, 500, 502, 504) is not sent again: it raises
+        A create whose outcome cannot be known (a read timeout, a connection lost after sending,
+        a 5xx other than 503, an answer that is not the platform's) is not sent again: it raises
         :class:`~airflow_opportunity_provider.errors.OpportunityOutcomeUnknownError`.
 
-        :param payload: the opportunity fields, validated against the v1 schema before sending.
+        :param payload: the opportunity fields, validated against the v1 schema before sending
+            (unless already checked with ``schemas.check_add_or_update_payload``).
         :return: the id of the created or updated opportunity.
         """
-        validate_add_or_update_payload(payload)
-        return self._add_or_update_validated(payload)
-
-    def _add_or_update_validated(self, payload: Mapping[str, Any]) -> int:
-        call = prepare_v1_add_or_update(self.settings, payload)
-        return self._call(
-            "POST",
-            call.url,
-            body=call.body,
-            headers=call.signed_headers,
-            read=call.read,
-            what=call.what,
-            idempotent=call.idempotent,
-            payload=payload,
-        )
+        return self._perform(protocol.v1_add_or_update(self.settings, payload))
 
     def put_opportunity(
         self,
@@ -211,17 +393,16 @@ class OpportunityHook(BaseHook):
         document: dict[str, Any] = {"Id": opportunity_id, "opportunityType": opportunity_type, **payload}
         if language_id is not None:
             document["LanguageId"] = language_id
-        validate_put_request(document)
-        return self._put_validated(
-            int(opportunity_id), opportunity_type, payload, None if language_id is None else int(language_id)
-        )
+        return self.put_opportunity_request(document)
 
-    def _put_validated(
-        self, opportunity_id: int, opportunity_type: str, payload: Mapping[str, Any], language_id: int | None
-    ) -> dict[str, Any]:
-        path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
-        what = v2_put_what(opportunity_id, opportunity_type)
-        return v2_record(self._v2_call("PUT", path, dumps_bytes(payload), what), what)
+    def put_opportunity_request(self, request: Mapping[str, Any] | CheckedPutRequest) -> dict[str, Any]:
+        """Update a v2 opportunity from one flat document (``Id``, ``opportunityType``,
+        ``LanguageId`` and body fields) or an already checked request.
+
+        :param request: the put request; a document is validated against the v2 schema first.
+        :return: the full updated record the platform answered.
+        """
+        return self._perform(protocol.v2_put(self.settings, check_put_request(request)))
 
     def get_opportunity(
         self,
@@ -236,13 +417,18 @@ class OpportunityHook(BaseHook):
         :param language_id: the language of localized content.
         :return: the records, as the platform answered them.
         """
-        path = v2_opportunity_path(
-            int(opportunity_id), opportunity_type, None if language_id is None else int(language_id)
+        return self._perform(
+            protocol.v2_get(
+                self.settings,
+                int(opportunity_id),
+                opportunity_type,
+                None if language_id is None else int(language_id),
+            )
         )
-        answer = self._v2_call("GET", path, None, f"The v2 get of opportunity {opportunity_id}")
-        if isinstance(answer, dict):
-            return [answer]
-        return list(answer or [])
+
+    def ping_v1(self) -> None:
+        """Send the v1 platform's signed connectivity check (``test?action=ping``)."""
+        self._perform(protocol.v1_ping(self.settings))
 
     def test_connection(self) -> tuple[bool, str]:
         """Check every platform the connection configures, changing nothing.
@@ -271,152 +457,80 @@ class OpportunityHook(BaseHook):
         except OpportunityError as error:
             return False, str(error)
         except Exception as error:
-            return False, f"{type(error).__name__}: {error}"
+            return False, f"The connection test failed ({type(error).__name__})."
         return True, "; ".join(results)
 
-    def ping_v1(self) -> None:
-        """Send the v1 platform's signed connectivity check (``test?action=ping``)."""
-        base_url, api_key, api_secret = self.settings.require_v1()
-        body = b"{}"
-        request_string = v1_request_string(base_url, V1_PING)
-        self._call(
-            "POST",
-            base_url.rstrip("/") + V1_PING,
-            body=body,
-            headers=lambda: sign_v1_request(api_key, api_secret, request_string, body),
-            read=read_v1_ping,
-            what="The v1 test ping",
-            idempotent=True,
+    # -- the call flow's transport -------------------------------------------------------
+
+    def _perform(self, call: Call[T]) -> T:
+        return perform(
+            call, self.credentials, self.retry_policy, self._send, self._token, self._logger_for(call)
         )
 
-    # -- v2 authentication ---------------------------------------------------------------
+    def _send(self, request: Request) -> Answer | TransportFault:
+        """Send one request over the pooled session; a failure becomes a :class:`TransportFault`."""
+        settings = self.settings
+        proxy = proxy_for(request.url, settings.proxies, settings.trust_env)
+        _TRACKER.sent = False
+        try:
+            response = self.get_conn().request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=dict(request.headers),
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                allow_redirects=False,
+                proxies={urlsplit(request.url).scheme: proxy} if proxy else {},
+            )
+            return Answer(response.status_code, response.headers, response.content)
+        except (
+            requests.RequestException,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+        ) as error:
+            return _transport_fault(error, settings)
+        finally:
+            _TRACKER.sent = False
 
-    def _bearer_token(self) -> str:
+    def _token(self, need: NeedToken) -> str:
+        """A bearer token: the cached one, or one fetched once for every thread that waits."""
         cache = self.token_cache
+        if need.rejected is not None:
+            self.log.info("A v2 call answered 401; fetching a new token and repeating the call once")
+            cache.invalidate(need.rejected)
         token = cache.current()
         if token is not None:
             return token
         with cache.lock:
             token = cache.current()
             if token is None:
-                token = self._fetch_token(cache)
+                call = protocol.v2_token(self.settings)
+                self.log.info("Fetching a v2 access token from %s", call.address)
+                token = cache.store(self._perform(call))
+                mask_secret(token)
         return token
 
-    def _fetch_token(self, cache: TokenCache) -> str:
-        settings = self.settings
-        token_url, form = v2_token_request(settings)
+    def _logger_for(self, call: Call[Any]) -> Callable[[RetryCallState], None]:
+        attempts = self.retry_policy.attempts
 
-        def read(status: int, headers: Mapping[str, str], body: Any) -> str:
-            token = read_v2_token_answer(cache, settings.conn_id, status, headers, body)
-            mask_secret(token)
-            return token
-
-        self.log.info("Fetching a v2 access token from %s", token_url)
-        return self._call(
-            "POST",
-            token_url,
-            body=None,
-            form=form,
-            headers=dict,
-            read=read,
-            what="The v2 token request",
-            idempotent=True,
-        )
-
-    def _v2_call(self, method: str, path: str, body: bytes | None, what: str) -> Any:
-        base_url = self.settings.require_v2()
-        url = base_url + path
-        sent_token: dict[str, str] = {}
-
-        def headers() -> dict[str, str]:
-            token = self._bearer_token()
-            sent_token["value"] = token
-            result = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
-            if body is not None:
-                result["Content-Type"] = "application/json"
-            return result
-
-        def read(status: int, answer_headers: Mapping[str, str], answer: Any) -> Any:
-            return read_v2_answer(status, answer_headers, answer, what)
-
-        def call() -> Any:
-            return self._call(method, url, body=body, headers=headers, read=read, what=what, idempotent=True)
-
-        try:
-            return call()
-        except OpportunityAuthenticationError as error:
-            # A token can be revoked or expire early: fetch a new one once and repeat once.
-            if error.status_code != 401 or self.token_cache.is_static:
-                raise
-            self.log.info("%s answered 401; fetching a new token and repeating it once", what)
-            self.token_cache.invalidate(sent_token.get("value"))
-            return call()
-
-    # -- sending with retries ------------------------------------------------------------
-
-    def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: bytes | None,
-        headers: Callable[[], dict[str, str]],
-        read: Reader[T],
-        what: str,
-        idempotent: bool,
-        payload: Mapping[str, Any] | None = None,
-        form: Mapping[str, str] | None = None,
-    ) -> T:
-        """Send one logical call: each attempt gets fresh headers (a new v1 date and signature)."""
-        settings = self.settings
-        timeout = (settings.connect_timeout, settings.read_timeout)
-
-        def attempt() -> T:
-            try:
-                try:
-                    response = self.session.request(
-                        method,
-                        url,
-                        data=body if form is None else form,
-                        headers=headers(),
-                        timeout=timeout,
-                        verify=settings.verify,
-                    )
-                except requests.ReadTimeout:
-                    raise OpportunityConnectionError(
-                        f"{what} got no answer within {settings.read_timeout:g} s.", sent=True
-                    ) from None
-                except requests.ConnectionError as error:
-                    sent = not _never_sent(error)
-                    stage = "lost its connection after sending" if sent else "could not connect"
-                    raise OpportunityConnectionError(
-                        f"{what} {stage} ({type(error).__name__}).", sent=sent
-                    ) from None
-                return read(response.status_code, response.headers, decode_body(response.content))
-            except OpportunityError as error:
-                if not idempotent and payload is not None and is_outcome_unknown(error):
-                    raise OpportunityOutcomeUnknownError(
-                        payload, str(error), status_code=getattr(error, "status_code", None)
-                    ) from None
-                raise
-
-        def log_retry(retry_state: Any) -> None:
-            error = retry_state.outcome.exception()
+        def log_retry(retry_state: RetryCallState) -> None:
+            failed = failed_attempt(retry_state)
             wait = retry_state.next_action.sleep if retry_state.next_action else 0.0
             self.log.warning(
                 "%s failed (attempt %d of %d): %s; retrying in %.1f s",
-                what,
+                call.what,
                 retry_state.attempt_number,
-                settings.max_retries + 1,
-                error,
+                attempts,
+                str(failed.error).rstrip(".") if failed is not None else "an error",
                 wait,
             )
 
-        retrying = Retrying(
-            stop=stop_after_attempt(settings.max_retries + 1),
-            wait=self.backoff,
-            retry=retry_if_exception(lambda error: should_retry(error, idempotent)),
-            before_sleep=log_retry,
-            reraise=True,
-        )
-        return retrying(attempt)
+        return log_retry
+
+    def with_settings(self, **changes: Any) -> OpportunityHook:
+        """A new hook on this one's settings with some of them changed (``max_retries=0``, ...).
+
+        :param changes: fields of :class:`OpportunitySettings` to change.
+        """
+        return type(self)(self.opportunity_conn_id, settings=dataclasses.replace(self.settings, **changes))

@@ -32,7 +32,7 @@ def connection_dict(
         v2.update(
             v2_client_id=config.client_id,
             v2_client_secret=config.client_secret,
-            v2_token_url=base_url + TOKEN_PATH,
+            v2_oauth_url=base_url + TOKEN_PATH,
         )
     return {
         "conn_type": "opportunity_crm",

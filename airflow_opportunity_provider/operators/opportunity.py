@@ -17,7 +17,8 @@ from airflow_opportunity_provider.errors import PayloadValidationError
 from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, v2_opportunity_path
 from airflow_opportunity_provider.schemas import (
-    split_put_request,
+    check_add_or_update_payload,
+    check_put_request,
     validate_add_or_update_payload,
     validate_put_request,
 )
@@ -127,17 +128,17 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
 
     def execute(self, context: Context) -> int | None:
         """Validate the rendered payload, send it, and push the returned id."""
-        payload = _payload_dict(self.payload, self.task_id)
-        validate_add_or_update_payload(payload)
+        # Checked once here; the hook sends the checked payload as it is.
+        checked = check_add_or_update_payload(_payload_dict(self.payload, self.task_id))
         if self.is_dry_run:
-            _dry_run_log(self, "POST", self.opportunity_conn_id, V1_ADD_OR_UPDATE, payload)
+            _dry_run_log(self, "POST", self.opportunity_conn_id, V1_ADD_OR_UPDATE, checked.fields)
             return None
         hook = OpportunityHook(self.opportunity_conn_id)
         try:
-            opportunity_id = hook.add_or_update_opportunity(payload)
+            opportunity_id = hook.add_or_update_opportunity(checked)
         finally:
             hook.close()
-        action = "Updated" if payload.get("id") not in (None, "") else "Created"
+        action = "Created" if checked.creates else "Updated"
         self.log.info("%s v1 opportunity %d", action, opportunity_id)
         context["ti"].xcom_push(key=XCOM_OPPORTUNITY_ID, value=opportunity_id)
         return opportunity_id
@@ -210,19 +211,19 @@ class PutOpportunityV2Operator(BaseOperator):
 
     def execute(self, context: Context) -> int | None:
         """Validate the rendered request, send it, and push the id and the returned record."""
-        document = self._document(_payload_dict(self.payload, self.task_id))
-        validate_put_request(document)
-        opportunity_id, opportunity_type, language_id, body = split_put_request(document)
+        # Checked once here; the hook sends the checked request as it is.
+        request = check_put_request(self._document(_payload_dict(self.payload, self.task_id)))
+        opportunity_id = request.opportunity_id
         if self.is_dry_run:
-            path = v2_opportunity_path(opportunity_id, opportunity_type, language_id)
-            _dry_run_log(self, "PUT", self.opportunity_conn_id, path, body)
+            path = v2_opportunity_path(opportunity_id, request.opportunity_type, request.language_id)
+            _dry_run_log(self, "PUT", self.opportunity_conn_id, path, request.body)
             return None
         hook = OpportunityHook(self.opportunity_conn_id)
         try:
-            record = hook.put_opportunity(opportunity_id, opportunity_type, body, language_id=language_id)
+            record = hook.put_opportunity_request(request)
         finally:
             hook.close()
-        self.log.info("Updated v2 %s opportunity %d", opportunity_type, opportunity_id)
+        self.log.info("Updated v2 %s opportunity %d", request.opportunity_type, opportunity_id)
         context["ti"].xcom_push(key=XCOM_OPPORTUNITY_ID, value=opportunity_id)
         context["ti"].xcom_push(key=XCOM_OPPORTUNITY, value=record)
         return opportunity_id

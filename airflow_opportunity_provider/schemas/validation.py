@@ -12,6 +12,7 @@ import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from importlib import resources
@@ -170,47 +171,106 @@ def _fast_check(name: str) -> Check:
     return compile_check(validator.schema, format_checker=_FORMAT_CHECKER) or validator.is_valid
 
 
-def validate_add_or_update_payload(payload: Mapping[str, Any]) -> None:
-    """Check a v1 ``addOrUpdateOpportunity`` payload; without ``id`` it is checked as a create.
+@dataclass(frozen=True, slots=True)
+class CheckedV1Payload:
+    """A v1 ``addOrUpdateOpportunity`` payload that passed the schema: the hook and the bulk client
+    send it as it is, without checking it again.
 
-    ``closedDate`` may be a ``datetime.date`` or ``datetime.datetime``; it is checked as its
-    ``YYYY-MM-DD`` text and the payload itself is left unchanged.
+    Build it with :func:`check_add_or_update_payload`, never directly.
+
+    :param fields: the payload, as it will be serialized.
+    """
+
+    fields: Mapping[str, Any]
+
+    @property
+    def creates(self) -> bool:
+        """Whether the payload creates a record (no ``id``): not safe to send twice."""
+        return self.fields.get("id") in (None, "")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedPutRequest:
+    """A v2 put request that passed the schema, split into its route, query and body.
+
+    Build it with :func:`check_put_request`, never directly.
+
+    :param opportunity_id: the platform's own opportunity id (``Id``).
+    :param opportunity_type: ``"Pre"`` or ``"Post"``.
+    :param language_id: ``LanguageId``, when given.
+    :param body: the body fields, a date ``PendingCloseDate`` already as ``yyyy-MM-dd``.
+    """
+
+    opportunity_id: int
+    opportunity_type: str
+    language_id: int | None
+    body: Mapping[str, Any]
+
+
+def check_add_or_update_payload(payload: Mapping[str, Any] | CheckedV1Payload) -> CheckedV1Payload:
+    """Check a v1 ``addOrUpdateOpportunity`` payload once and return it as checked.
+
+    Without ``id`` it is checked as a create. ``closedDate`` may be a ``datetime.date`` or
+    ``datetime.datetime``; it is checked as its ``YYYY-MM-DD`` text and sent that way.
+
+    :param payload: the JSON body to send (an already checked payload is returned as it is).
+    :raises PayloadValidationError: listing every problem, each as ``(json_path, reason)``.
+    """
+    if isinstance(payload, CheckedV1Payload):
+        return payload
+    _validate(ADD_OR_UPDATE_OPPORTUNITY, _with_dates_as_text(payload, _V1_DATE_FIELDS))
+    return CheckedV1Payload(dict(payload))
+
+
+def check_put_request(document: Mapping[str, Any] | CheckedPutRequest) -> CheckedPutRequest:
+    """Check a flat v2 put request once and split it into what goes in the route, the query and the body.
+
+    :param document: ``Id`` and ``opportunityType`` (required), ``LanguageId`` and at least one
+        of the body fields in ``V2_BODY_FIELDS`` (an already checked request is returned as it is).
+    :return: ``Id`` and ``LanguageId`` as ``int``, the body a new dict with a date
+        ``PendingCloseDate`` already as ``yyyy-MM-dd`` and every other value (``Decimal``
+        included) as given.
+    :raises PayloadValidationError: listing every problem, each as ``(json_path, reason)``.
+    """
+    if isinstance(document, CheckedPutRequest):
+        return document
+    prepared = _with_dates_as_text(document, _V2_DATE_FIELDS)
+    _validate(PUT_OPPORTUNITY_V2, prepared)
+    language = prepared.get("LanguageId")
+    return CheckedPutRequest(
+        int(prepared["Id"]),
+        prepared["opportunityType"],
+        None if language is None else int(language),
+        {key: value for key, value in prepared.items() if key in V2_BODY_FIELDS},
+    )
+
+
+def validate_add_or_update_payload(payload: Mapping[str, Any]) -> None:
+    """Check a v1 ``addOrUpdateOpportunity`` payload; see :func:`check_add_or_update_payload`.
 
     :param payload: the JSON body to send.
     :raises PayloadValidationError: listing every problem, each as ``(json_path, reason)``.
     """
-    _validate(ADD_OR_UPDATE_OPPORTUNITY, _with_dates_as_text(payload, _V1_DATE_FIELDS))
+    check_add_or_update_payload(payload)
 
 
 def validate_put_request(document: Mapping[str, Any]) -> None:
-    """Check a v2 put request given as one flat document (route, query and body fields together).
+    """Check a v2 put request given as one flat document; see :func:`check_put_request`.
 
-    :param document: ``Id`` and ``opportunityType`` (required), ``LanguageId`` and at least one
-        of the body fields in ``V2_BODY_FIELDS``.
+    :param document: the flat put request.
     :raises PayloadValidationError: listing every problem, each as ``(json_path, reason)``.
     """
-    _validate(PUT_OPPORTUNITY_V2, _with_dates_as_text(document, _V2_DATE_FIELDS))
+    check_put_request(document)
 
 
 def split_put_request(document: Mapping[str, Any]) -> tuple[int, str, int | None, dict[str, Any]]:
-    """Check a flat v2 put request and split it into what goes in the route, the query and the body.
+    """Check a flat v2 put request and split it: ``(Id, opportunityType, LanguageId or None, body)``.
 
-    :param document: the flat document :func:`validate_put_request` accepts.
-    :return: ``(Id, opportunityType, LanguageId or None, body)``: ``Id`` and ``LanguageId`` as
-        ``int``, the body a new dict with a date ``PendingCloseDate`` already as ``yyyy-MM-dd``
-        and every other value (``Decimal`` included) as given.
+    :param document: the flat document :func:`check_put_request` accepts.
     :raises PayloadValidationError: listing every problem, each as ``(json_path, reason)``.
     """
-    prepared = _with_dates_as_text(document, _V2_DATE_FIELDS)
-    _validate(PUT_OPPORTUNITY_V2, prepared)
-    language = prepared.get("LanguageId")
-    body = {key: value for key, value in prepared.items() if key in V2_BODY_FIELDS}
-    return (
-        int(prepared["Id"]),
-        prepared["opportunityType"],
-        None if language is None else int(language),
-        body,
-    )
+    checked = check_put_request(document)
+    return checked.opportunity_id, checked.opportunity_type, checked.language_id, dict(checked.body)
 
 
 def _validate(name: str, document: Any) -> None:

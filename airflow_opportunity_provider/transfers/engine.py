@@ -24,18 +24,19 @@ from typing import Any, Literal, TypeVar
 
 from airflow_opportunity_provider.errors import (
     OpportunityApiError,
-    OpportunityAuthenticationError,
     OpportunityConfigurationError,
     OpportunityConnectionError,
     OpportunityError,
-    OpportunityInvalidError,
-    OpportunityNotFoundError,
     OpportunityOutcomeUnknownError,
-    OpportunityRequestFailedError,
     PayloadValidationError,
 )
 from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClient
-from airflow_opportunity_provider.schemas import split_put_request, validate_add_or_update_payload
+from airflow_opportunity_provider.schemas import (
+    CheckedPutRequest,
+    CheckedV1Payload,
+    check_add_or_update_payload,
+    check_put_request,
+)
 from airflow_opportunity_provider.transfers.group_commit import StateThread
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
@@ -43,7 +44,6 @@ from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource, 
 from airflow_opportunity_provider.transfers.state import IN_FLIGHT, StateRecord, StateWrite, SyncState
 from airflow_opportunity_provider.transfers.summary import (
     CREATED,
-    FAILED,
     REJECTED,
     UNCHANGED,
     UNKNOWN,
@@ -91,10 +91,10 @@ class EngineSettings:
 
 @dataclass(slots=True)
 class _Work:
-    """A row to send: the payload as sent, and whether sending it creates a record."""
+    """A row to send: the request as checked once against its schema, and whether it creates a record."""
 
     key: str
-    payload: dict[str, Any]
+    request: CheckedV1Payload | CheckedPutRequest
     payload_hash: str
     creates: bool
 
@@ -123,25 +123,19 @@ class RunResult:
         return self.last_commit_at - self.first_request_at
 
 
-def _outcome_of_error(error: BaseException) -> tuple[str, str, str]:
-    """``(outcome, code, message)`` for an error a send raised; fatal errors are re-raised."""
-    if isinstance(error, OpportunityOutcomeUnknownError):
-        code = str(error.status_code) if error.status_code else "outcome_unknown"
-        return UNKNOWN, code, str(error)
+def _outcome_of_error(error: OpportunityError) -> tuple[str, str, str]:
+    """``(outcome, code, message)`` of a row whose send raised ``error``: its type decides (``errors``)."""
     if isinstance(error, PayloadValidationError):
-        return REJECTED, "schema", "; ".join(f"{path}: {reason}" for path, reason in error.problems)
-    if isinstance(error, OpportunityAuthenticationError | OpportunityConfigurationError):
-        # Every other row would fail the same way: stop instead of refusing them one by one.
-        raise error
-    if isinstance(error, OpportunityInvalidError | OpportunityNotFoundError | OpportunityRequestFailedError):
-        code = str(error.code) if error.code is not None else "refused"
-        return REJECTED, code, str(error)
+        return error.row_outcome, "schema", error.summary
+    if isinstance(error, OpportunityOutcomeUnknownError):
+        return error.row_outcome, error.code, str(error)
     if isinstance(error, OpportunityApiError):
-        code = str(error.code) if error.code is not None else "error"
-        return FAILED, code, str(error)
+        return error.row_outcome, str(error.code) if error.code is not None else "error", str(error)
     if isinstance(error, OpportunityConnectionError):
-        return FAILED, "connection", str(error)
-    raise error
+        return error.row_outcome, "connection", str(error)
+    if isinstance(error, OpportunityConfigurationError):
+        return error.row_outcome, "configuration", str(error)
+    return error.row_outcome, "error", str(error)
 
 
 class _Run:
@@ -352,28 +346,22 @@ class _Run:
     def _work_for(
         self, key: str, payload: dict[str, Any], digest: str, record: StateRecord | None
     ) -> _Work | str:
-        """The payload as it will be sent, validated; or the validation problems as text."""
-        creates = False
-        if self.settings.target == "v1":
-            if (
-                "id" not in payload
-                and record is not None
-                and record.crm_id
-                and record.outcome not in _UNRESOLVED
-            ):
-                # Create-once: a row created before is from now on an update of that record.
-                payload = {**payload, "id": record.crm_id}
-            creates = "id" not in payload or payload["id"] in (None, "")
-            try:
-                validate_add_or_update_payload(payload)
-            except PayloadValidationError as error:
-                return "; ".join(f"{path}: {reason}" for path, reason in error.problems)
-        else:
-            try:
-                split_put_request(payload)
-            except PayloadValidationError as error:
-                return "; ".join(f"{path}: {reason}" for path, reason in error.problems)
-        return _Work(key, payload, digest, creates)
+        """The request as it will be sent, checked once; or the validation problems as text."""
+        try:
+            if self.settings.target == "v1":
+                if (
+                    "id" not in payload
+                    and record is not None
+                    and record.crm_id
+                    and record.outcome not in _UNRESOLVED
+                ):
+                    # Create-once: a row created before is from now on an update of that record.
+                    payload = {**payload, "id": record.crm_id}
+                checked = check_add_or_update_payload(payload)
+                return _Work(key, checked, digest, checked.creates)
+            return _Work(key, check_put_request(payload), digest, False)
+        except PayloadValidationError as error:
+            return error.summary
 
     def _finish_unsent(
         self,
@@ -458,24 +446,18 @@ class _Run:
         if self.result.first_request_at is None:
             self.result.first_request_at = time.monotonic()
         try:
-            if self.settings.target == "v1":
-                new_id = await client.add_or_update_opportunity(work.payload, validate=False)
+            request = work.request
+            if isinstance(request, CheckedV1Payload):
+                new_id = await client.add_or_update_opportunity(request)
                 outcome, crm_id = (CREATED if work.creates else UPDATED), str(new_id)
             else:
-                opportunity_id, opportunity_type, language_id, body = split_put_request(work.payload)
-                await client.put_opportunity(opportunity_id, opportunity_type, body, language_id)
-                outcome, crm_id = UPDATED, f"{opportunity_id}/{opportunity_type}"
+                await client.put_opportunity_request(request)
+                outcome, crm_id = UPDATED, f"{request.opportunity_id}/{request.opportunity_type}"
         except OpportunityError as error:
-            try:
-                outcome, code, message = _outcome_of_error(error)
-            except OpportunityError as stop:
-                # Record the row as failed (it is sent again next run), then stop the load.
-                outcome, code, message, fatal = (
-                    FAILED,
-                    str(getattr(stop, "code", "") or "fatal"),
-                    str(stop),
-                    stop,
-                )
+            outcome, code, message = _outcome_of_error(error)
+            if error.stops_load:
+                # Every other row would fail the same way: record this one, then stop the load.
+                fatal = error
         if outcome in (CREATED, UPDATED):
             self.counts.add(outcome)
             result = StateWrite(work.key, outcome, payload_hash=work.payload_hash, crm_id=crm_id)

@@ -80,7 +80,7 @@ def test_field_behaviour_hides_unused_fields_and_labels_the_v1_ones(
         assert placeholders[standard_field], standard_field
     assert placeholders["host"].startswith("https://")
     # Placeholders of extra fields are keyed by their form widget name.
-    for extra_field in ("v2_base_url", "v2_token", "v2_client_id", "v2_token_url"):
+    for extra_field in ("v2_base_url", "v2_token", "v2_client_id", "v2_oauth_url"):
         assert placeholders[PREFIX + extra_field], extra_field
 
 
@@ -106,7 +106,7 @@ def test_widgets_cover_every_extra_the_hook_reads_and_mark_secrets(
             assert schema["title"].startswith("v2 "), f"{name} is not labelled as a v2 field"
     assert widgets["v2_token"].field["schema"]["format"] == "password"
     assert widgets["v2_client_secret"].field["schema"]["title"] == "v2 Client Secret"
-    assert widgets["v2_token_url"].field["schema"]["title"] == "v2 Token URL"
+    assert widgets["v2_oauth_url"].field["schema"]["title"] == "v2 Token URL"
     assert "format" not in widgets["v2_client_id"].field["schema"]
 
 
@@ -143,7 +143,7 @@ def test_what_the_form_saves_is_what_the_hook_reads(prefixed: bool) -> None:
         "v2_base_url": "https://nexus.example.com/",
         "v2_client_id": "client",
         "v2_client_secret": "client-secret-value",
-        "v2_token_url": "https://nexus.example.com/oauth/token",
+        "v2_oauth_url": "https://nexus.example.com/oauth/token",
         "v2_scope": "opportunities",
         "timeout": 30,
         "verify": False,

@@ -44,7 +44,7 @@ def _v2_client_credentials(server: MockCrmServer, secret: str | None = None) -> 
         "v2_base_url": server.base_url,
         "v2_client_id": server.config.client_id,
         "v2_client_secret": secret if secret is not None else server.config.client_secret,
-        "v2_token_url": server.base_url + TOKEN_PATH,
+        "v2_oauth_url": server.base_url + TOKEN_PATH,
     }
 
 

@@ -91,7 +91,7 @@ def _crm_connection(server: MockCrmServer) -> str:
                 "v2_base_url": server.base_url,
                 "v2_client_id": config.client_id,
                 "v2_client_secret": config.client_secret,
-                "v2_token_url": server.base_url + TOKEN_PATH,
+                "v2_oauth_url": server.base_url + TOKEN_PATH,
             },
         }
     )

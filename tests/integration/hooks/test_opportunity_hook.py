@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_opportunity_provider import protocol as protocol_module
+from airflow_opportunity_provider import flow as flow_module
 from airflow_opportunity_provider.errors import (
     OpportunityAuthenticationError,
     OpportunityConfigurationError,
@@ -71,14 +71,14 @@ def test_every_retry_is_signed_afresh(
     hook: OpportunityHook, mock_crm: MockCrmServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     signatures: list[str] = []
-    original = protocol_module.sign_v1_request
+    original = flow_module.sign_v1_request
 
     def recording(*args: Any, **kwargs: Any) -> dict[str, str]:
         headers = original(*args, **kwargs)
         signatures.append(headers["IVVY-Date"] + headers["X-Api-Authorization"])
         return headers
 
-    monkeypatch.setattr(protocol_module, "sign_v1_request", recording)
+    monkeypatch.setattr(flow_module, "sign_v1_request", recording)
     mock_crm.set_faults(FaultConfig(errors={503: 1.0}, retry_after=1.0))
     timer = _heal_after(mock_crm, 1.5)
     try:
@@ -354,14 +354,14 @@ def test_no_secret_reaches_logs_errors_or_repr(
     hook = OpportunityHook(backoff=FAST)
     texts: list[str] = [repr(hook), repr(hook.settings)]
     signatures: list[str] = []
-    original = protocol_module.sign_v1_request
+    original = flow_module.sign_v1_request
 
     def recording(*args: Any, **kwargs: Any) -> dict[str, str]:
         headers = original(*args, **kwargs)
         signatures.append(headers["X-Api-Authorization"].split(":", 1)[1])
         return headers
 
-    monkeypatch.setattr(protocol_module, "sign_v1_request", recording)
+    monkeypatch.setattr(flow_module, "sign_v1_request", recording)
     # Succeeding calls, retried calls and failing calls on both platforms.
     created = hook.add_or_update_opportunity(NEW_OPPORTUNITY)
     hook.put_opportunity(1, "Pre", {"StageName": "Qualified"})

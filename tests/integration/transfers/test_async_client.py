@@ -22,6 +22,7 @@ from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClie
 from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 from airflow_opportunity_provider.mock_crm import FaultConfig, MockCrmServer
 from airflow_opportunity_provider.retries import Backoff
+from airflow_opportunity_provider.schemas import CheckedV1Payload
 
 CREATE = {
     "venueId": 107,
@@ -132,7 +133,8 @@ def test_retry_after_is_honoured_and_a_429_pauses_the_shared_gate(mock_crm: Mock
 def test_refused_rows_are_not_retried(mock_crm: MockCrmServer) -> None:
     async def main() -> None:
         async with AsyncOpportunityClient(settings_for(mock_crm), backoff=FAST) as client:
-            await client.add_or_update_opportunity({**CREATE, "closedDate": "2026-13-01"}, validate=False)
+            # Checked as valid on purpose, so that the server is the one to refuse it.
+            await client.add_or_update_opportunity(CheckedV1Payload({**CREATE, "closedDate": "2026-13-01"}))
 
     with pytest.raises(OpportunityInvalidError) as raised:
         asyncio.run(main())

@@ -50,7 +50,7 @@ def test_each_intent_is_committed_before_its_request_leaves_and_on_the_loop_thre
     add_or_update = AsyncOpportunityClient.add_or_update_opportunity
 
     async def recording_send(self: AsyncOpportunityClient, payload: Any, **options: Any) -> int:
-        requests[str(payload["utmContent"])] = time.monotonic()
+        requests[str(payload.fields["utmContent"])] = time.monotonic()
         return await add_or_update(self, payload, **options)
 
     monkeypatch.setattr(SyncState, "apply", recording_apply)

@@ -42,7 +42,7 @@ def test_both_platforms_and_shared_extras() -> None:
             "v2_base_url": "http://127.0.0.1:8080/",
             "v2_client_id": "client-0001",
             "v2_client_secret": "client-secret-0001",
-            "v2_token_url": "http://127.0.0.1:8080/oauth/token",
+            "v2_oauth_url": "http://127.0.0.1:8080/oauth/token",
             "timeout": 5,
             "verify": "false",
             "max_retries": "2",
@@ -80,7 +80,7 @@ def test_missing_v2_fields_are_named() -> None:
     message = str(caught.value)
     assert "extra.v2_base_url" in message
     assert "extra.v2_token" in message
-    assert "missing: extra.v2_client_secret, extra.v2_token_url" in message
+    assert "missing: extra.v2_client_secret, extra.v2_oauth_url" in message
 
 
 def test_static_token_is_enough_for_v2() -> None:

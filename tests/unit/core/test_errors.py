@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_opportunity_provider.answers import retry_after_seconds, v1_error, v2_error
 from airflow_opportunity_provider.errors import (
     OpportunityApiError,
     OpportunityAuthenticationError,
@@ -14,11 +15,7 @@ from airflow_opportunity_provider.errors import (
     OpportunityRequestFailedError,
     OpportunityServerError,
     OpportunityV2ValidationError,
-    retry_after_seconds,
-    v1_error,
-    v2_error,
 )
-from airflow_opportunity_provider.protocol import read_v1_answer
 
 
 def _v1_body(
@@ -42,7 +39,7 @@ def _v1_body(
         (400, 23016, OpportunityInvalidError, "correct the parameter"),
         (400, 23017, OpportunityInvalidError, "add the missing parameter"),
         (401, 23005, OpportunityAuthenticationError, "clock"),
-        (401, None, OpportunityAuthenticationError, "API key and secret"),
+        (401, None, OpportunityAuthenticationError, "v1 API key (login) and API secret"),
         (403, None, OpportunityAuthenticationError, "permission"),
         (462, None, OpportunityAuthenticationError, "session expired"),
         (463, None, OpportunityAuthenticationError, "revoked"),
@@ -53,7 +50,8 @@ def _v1_body(
         (460, None, OpportunityRequestFailedError, "HTTP 460"),
         (461, None, OpportunityRequestFailedError, "HTTP 461"),
         (500, None, OpportunityServerError, "try again later"),
-        (501, None, OpportunityRequestFailedError, "HTTP 501"),
+        (501, None, OpportunityServerError, "HTTP 501"),
+        (408, None, OpportunityServerError, "HTTP 408"),
         (502, None, OpportunityServerError, "HTTP 502"),
         (503, None, OpportunityServerError, "HTTP 503"),
         (504, None, OpportunityServerError, "HTTP 504"),
@@ -73,18 +71,23 @@ def test_every_v1_code_maps_to_its_type(status: int, specific: int | None, kind:
 
 
 def test_success_false_on_200_is_an_error_with_the_body_code() -> None:
-    with pytest.raises(OpportunityInvalidError) as caught:
-        read_v1_answer(200, {}, {"success": False, "errorCode": 400, "specificCode": 24224}, "The create")
-    assert caught.value.specific_code == 24224
-    with pytest.raises(OpportunityRequestFailedError, match="success=false"):
-        read_v1_answer(200, {}, {"success": False}, "The create")
+    error = v1_error(200, {}, {"success": False, "errorCode": 400, "specificCode": 24224}, "The create")
+    assert isinstance(error, OpportunityInvalidError)
+    assert error.specific_code == 24224
+    error = v1_error(200, {}, {"success": False}, "The create")
+    assert isinstance(error, OpportunityRequestFailedError)
+    assert "success=false" in str(error)
 
 
-def test_v1_success_returns_the_id() -> None:
-    assert read_v1_answer(200, {}, {"success": True, "id": 755}, "The create") == 755
-    assert read_v1_answer(200, {}, {"success": True, "id": "756"}, "The create") == 756
-    with pytest.raises(OpportunityRequestFailedError, match="usable id"):
-        read_v1_answer(200, {}, {"success": True}, "The create")
+def test_each_error_type_says_what_it_means_for_a_row() -> None:
+    assert OpportunityInvalidError("x").row_outcome == "rejected"
+    assert OpportunityNotFoundError("x").row_outcome == "rejected"
+    assert OpportunityServerError("x").row_outcome == "failed"
+    assert OpportunityAuthenticationError("x").stops_load
+    unknown = OpportunityOutcomeUnknownError({"name": "n"}, "it timed out.")
+    assert unknown.row_outcome == "unknown"
+    assert not unknown.stops_load
+    assert "it timed out. It was not resent" in str(unknown)
 
 
 def test_rate_limited_error_carries_retry_after() -> None:
