@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument(
         "--first-v1-id", type=int, default=defaults.DEFAULT_FIRST_V1_ID, help="id of the first v1 create"
     )
+    data.add_argument(
+        "--list-page-cap",
+        type=int,
+        default=defaults.DEFAULT_LIST_PAGE_CAP,
+        help="most records one v1 getOpportunityList page holds, and its size when perPage is left out",
+    )
     faults = parser.add_argument_group("faults (all off by default)")
     faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every API answer")
     faults.add_argument(
@@ -148,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="apply latency, errors and the rate limit to the OAuth2 token endpoint too",
     )
+    faults.add_argument(
+        "--list-ignores-filters",
+        action="store_true",
+        help="the v1 opportunity list ignores 'filter' (venueIds and paging still apply)",
+    )
+    faults.add_argument(
+        "--list-ignores-venue-ids", action="store_true", help="the v1 opportunity list ignores 'venueIds'"
+    )
     faults.add_argument("--seed", type=int, default=0, help="seed of the random fault draws")
     return parser
 
@@ -166,6 +180,8 @@ def config_from_args(args: argparse.Namespace) -> MockCrmConfig:
         burst=args.burst,
         reject_names=frozenset(args.reject_name or ()),
         faults_on_token_endpoint=args.faults_on_token_endpoint,
+        list_ignores_filters=args.list_ignores_filters,
+        list_ignores_venue_ids=args.list_ignores_venue_ids,
         seed=args.seed,
     )
     return MockCrmConfig(
@@ -180,6 +196,7 @@ def config_from_args(args: argparse.Namespace) -> MockCrmConfig:
         v2_seed_ids=range(1, args.v2_seed_count + 1),
         first_v1_id=args.first_v1_id,
         max_clock_skew=args.max_clock_skew,
+        list_page_cap=args.list_page_cap,
         faults=faults,
     )
 

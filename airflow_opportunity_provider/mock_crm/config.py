@@ -23,6 +23,8 @@ DEFAULT_V2_SEED_COUNT = 100
 DEFAULT_FIRST_V1_ID = 1000
 # The v1 platform refuses a request dated further than this from its clock (specificCode 23005).
 DEFAULT_MAX_CLOCK_SKEW = 300.0
+# The most records one getOpportunityList page holds, and its size when perPage is left out.
+DEFAULT_LIST_PAGE_CAP = 100
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class MockCrmConfig:
     :param v2_seed_ids: the v2 opportunity ids that exist, each with a ``Pre`` and a ``Post`` record.
     :param first_v1_id: the id the first v1 create is given; later creates count up from it.
     :param max_clock_skew: seconds a v1 request date may differ from the server's clock.
+    :param list_page_cap: the most records a v1 ``getOpportunityList`` page holds (a larger
+        ``perPage`` is lowered to it), and the page size when ``perPage`` is left out.
     :param faults: the faults injected from the start, and restored by ``reset()``.
     """
 
@@ -56,6 +60,7 @@ class MockCrmConfig:
     v2_seed_ids: Sequence[int] = range(1, DEFAULT_V2_SEED_COUNT + 1)
     first_v1_id: int = DEFAULT_FIRST_V1_ID
     max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW
+    list_page_cap: int = DEFAULT_LIST_PAGE_CAP
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:
@@ -74,5 +79,11 @@ class MockCrmConfig:
             problems.append("v2_seed_ids must be integers >= 1")
         if self.first_v1_id < 1:
             problems.append("first_v1_id must be >= 1")
+        if (
+            isinstance(self.list_page_cap, bool)
+            or not isinstance(self.list_page_cap, int)
+            or self.list_page_cap < 1
+        ):
+            problems.append("list_page_cap must be a whole number >= 1")
         if problems:
             raise ValueError("Invalid MockCrmConfig: " + "; ".join(problems))

@@ -24,10 +24,11 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 class FaultConfig:
     """What the mock server injects into its answers; every fault is off by default.
 
-    Faults apply to the API endpoints (v1 opportunity and ping, v2 opportunity ``PUT``/``GET``);
-    the OAuth2 token endpoint only when ``faults_on_token_endpoint`` is set; ``/_mock/*`` never.
-    Injected errors and the rate limit are decided before a request is processed, so a refused
-    request is never stored. ``drop_after_commit_rate`` is the one exception: it stores first.
+    Faults apply to the API endpoints (v1 opportunity, opportunity list and ping, v2 opportunity
+    ``PUT``/``GET``); the OAuth2 token endpoint only when ``faults_on_token_endpoint`` is set;
+    ``/_mock/*`` never. Injected errors and the rate limit are decided before a request is
+    processed, so a refused request is never stored. ``drop_after_commit_rate`` is the one
+    exception: it stores first, and so applies to writes only.
 
     Two ways to ask for injected errors, which add up: ``error_rate`` with ``error_status`` for a
     single status, and ``errors`` mapping several statuses to their shares
@@ -52,6 +53,9 @@ class FaultConfig:
         ``ValidationMessage``.
     :param faults_on_token_endpoint: apply latency, injected errors and the rate limit to the
         OAuth2 token endpoint too.
+    :param list_ignores_filters: the v1 opportunity list neither reads nor applies ``filter``
+        (``venueIds`` and paging still apply), as a server ignores a parameter it does not support.
+    :param list_ignores_venue_ids: the v1 opportunity list neither reads nor applies ``venueIds``.
     :param seed: seed of the random draws, for reproducible runs.
     """
 
@@ -66,6 +70,8 @@ class FaultConfig:
     token_ttl: float | None = None
     reject_names: frozenset[str] = frozenset()
     faults_on_token_endpoint: bool = False
+    list_ignores_filters: bool = False
+    list_ignores_venue_ids: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +101,10 @@ class FaultConfig:
             problems.append("burst must be >= 1")
         if self.token_ttl is not None and self.token_ttl <= 0:
             problems.append("token_ttl must be > 0 seconds")
+        for name in ("faults_on_token_endpoint", "list_ignores_filters", "list_ignores_venue_ids"):
+            # "false" from a JSON client would otherwise switch the fault on.
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false")
         if problems:
             raise ValueError("Invalid FaultConfig: " + "; ".join(problems))
 

@@ -1,5 +1,5 @@
 """pytest fixtures that start a mock CRM server on a free loopback port, and small helpers to
-send it signed v1 requests and v2 token requests. Enable with
+send it signed v1 requests (the opportunity list included) and v2 token requests. Enable with
 ``pytest_plugins = ["airflow_opportunity_provider.mock_crm.pytest_plugin"]``.
 """
 
@@ -18,6 +18,7 @@ from airflow_opportunity_provider.mock_crm.config import MockCrmConfig
 from airflow_opportunity_provider.mock_crm.server import TOKEN_PATH, MockCrmServer
 
 V1_OPPORTUNITY_REQUEST = "/api/1.0/venue?action=addOrUpdateOpportunity"
+V1_LIST_REQUEST = "/api/1.0/crm?action=getOpportunityList"
 V1_PING_REQUEST = "/api/1.0/test?action=ping"
 
 
@@ -80,6 +81,22 @@ def post_v1(
     headers.update(extra_headers or {})
     sender: Any = session or requests
     return sender.post(server.base_url + request_string, data=body, headers=headers, timeout=timeout)
+
+
+def list_v1(
+    server: MockCrmServer, parameters: Mapping[str, Any] | None = None, **options: Any
+) -> dict[str, Any]:
+    """Ask for one page of v1 opportunities (signed) and return the answer's body.
+
+    :param server: a started mock server.
+    :param parameters: ``venueIds``, ``perPage``, ``start`` and ``filter``; none when omitted.
+    :param options: passed to :func:`post_v1` (``session``, ``now``, ...).
+    :raises requests.HTTPError: when the answer is not a 200.
+    """
+    response = post_v1(server, dict(parameters or {}), request_string=V1_LIST_REQUEST, **options)
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def fetch_v2_token(server: MockCrmServer, session: requests.Session | None = None) -> str:

@@ -14,20 +14,21 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any
 
 from aiohttp import BasicAuth, web
 
-from airflow_opportunity_provider.mock_crm import v1, v2
+from airflow_opportunity_provider.mock_crm import v1, v1_list, v2
 from airflow_opportunity_provider.mock_crm.config import MockCrmConfig
 from airflow_opportunity_provider.mock_crm.faults import FaultConfig, FaultInjector
 from airflow_opportunity_provider.mock_crm.store import Counters, OpportunityStore
 from airflow_opportunity_provider.mock_crm.tokens import TokenRegistry
 
 V1_OPPORTUNITY_ACTION = "addOrUpdateOpportunity"
+V1_LIST_ACTION = "getOpportunityList"
 V1_PING_ACTION = "ping"
 TOKEN_PATH = "/oauth/token"
 V2_OPPORTUNITY_PATH = "/api/v2/opportunities/{id}"
@@ -57,19 +58,26 @@ class MockCrmServer:
     Not started when built: call :meth:`start` (background thread, own event loop) or use
     :meth:`running`. ``store`` and ``counters`` can be read from any thread.
 
-    Endpoints: ``POST /api/1.0/venue?action=addOrUpdateOpportunity`` and
-    ``POST /api/1.0/test?action=ping`` (IWS-signed); ``POST /oauth/token`` (client credentials);
-    ``PUT`` and ``GET /api/v2/opportunities/{Id}`` (bearer token); and, without authentication,
-    ``GET /_mock/opportunities``, ``GET /_mock/counters``, ``POST /_mock/reset``,
-    ``GET``/``POST /_mock/faults``, ``POST /_mock/expire-tokens``, ``GET /_mock/health`` and
-    ``GET /_mock/connection`` (the caller's peer address and whether TCP_NODELAY is set).
+    Endpoints: ``POST /api/1.0/venue?action=addOrUpdateOpportunity``,
+    ``POST /api/1.0/crm?action=getOpportunityList`` and ``POST /api/1.0/test?action=ping``
+    (IWS-signed); ``POST /oauth/token`` (client credentials); ``PUT`` and
+    ``GET /api/v2/opportunities/{Id}`` (bearer token); and, without authentication,
+    ``GET /_mock/opportunities``, ``POST /_mock/v1/opportunities`` (seed records),
+    ``DELETE /_mock/v1/opportunities/{id}``, ``GET /_mock/references``, ``GET /_mock/counters``,
+    ``POST /_mock/reset``, ``GET``/``POST /_mock/faults``, ``POST /_mock/expire-tokens``,
+    ``GET /_mock/health`` and ``GET /_mock/connection`` (the caller's peer address and whether
+    TCP_NODELAY is set).
 
     :param config: credentials, choice lists, seed data and initial faults.
+    :param clock: the time v1 records are dated with (``createdDate``, ``modifiedDate``); UTC now
+        when omitted. Request signatures are always checked against the real clock.
     """
 
-    def __init__(self, config: MockCrmConfig | None = None) -> None:
+    def __init__(
+        self, config: MockCrmConfig | None = None, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.config = config or MockCrmConfig()
-        self.store = OpportunityStore(self.config.first_v1_id, self.config.v2_seed_ids)
+        self.store = OpportunityStore(self.config.first_v1_id, self.config.v2_seed_ids, clock)
         self.counters = Counters()
         self.tokens = TokenRegistry(self.config.static_token)
         self._injector = FaultInjector(self.config.faults)
@@ -80,6 +88,7 @@ class MockCrmServer:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._v1_opportunity_endpoint = self._api("v1_opportunity", "v1", self._v1_opportunity)
+        self._v1_list_endpoint = self._api("v1_list", "v1", self._v1_list)
         self._v1_ping_endpoint = self._api("v1_ping", "v1", self._v1_ping)
         self._token_with_faults = self._api("oauth_token", "oauth", self._token_inner)
 
@@ -109,6 +118,26 @@ class MockCrmServer:
         The static token stays valid.
         """
         return self.tokens.expire_all()
+
+    def seed_v1_records(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Store v1 records as if entered by hand in the CRM: not counted, never faulted.
+
+        Each needs ``venueId`` and may carry ``id``, ``createdDate``, ``modifiedDate`` and
+        ``externalUrls`` (see ``OpportunityStore.v1_seed``). All are stored, or none.
+
+        :param records: the records, as JSON objects.
+        :return: the id of each record, in order.
+        :raises ValueError: naming the first record that cannot be stored.
+        """
+        return self.store.v1_seed(records)
+
+    def delete_v1_record(self, opportunity_id: int) -> bool:
+        """Delete one v1 record, as a salesperson might; a later update of it answers 24222.
+
+        :param opportunity_id: the v1 id.
+        :return: ``False`` when there was no such record.
+        """
+        return self.store.v1_delete(opportunity_id)
 
     def reset(self) -> None:
         """Forget v1 records, zero the counters, put v2 records back to their seed and restore the
@@ -262,6 +291,9 @@ class MockCrmServer:
         router.add_put(V2_OPPORTUNITY_PATH, self._api("v2_put", "v2", self._v2_put))
         router.add_get(V2_OPPORTUNITY_PATH, self._api("v2_get", "v2", self._v2_get), allow_head=False)
         router.add_get("/_mock/opportunities", self._inspect_opportunities)
+        router.add_post("/_mock/v1/opportunities", self._inspect_seed_v1)
+        router.add_delete("/_mock/v1/opportunities/{id}", self._inspect_delete_v1)
+        router.add_get("/_mock/references", self._inspect_references)
         router.add_get("/_mock/counters", self._inspect_counters)
         router.add_post("/_mock/reset", self._inspect_reset)
         router.add_get("/_mock/faults", self._inspect_faults)
@@ -320,6 +352,8 @@ class MockCrmServer:
         action = request.query.get("action")
         if request.method == "POST" and namespace == "venue" and action == V1_OPPORTUNITY_ACTION:
             return await self._v1_opportunity_endpoint(request)
+        if request.method == "POST" and namespace == "crm" and action == V1_LIST_ACTION:
+            return await self._v1_list_endpoint(request)
         if request.method == "POST" and namespace == "test" and action == V1_PING_ACTION:
             return await self._v1_ping_endpoint(request)
         if request.method != "POST":
@@ -347,15 +381,33 @@ class MockCrmServer:
         except v1.V1Refusal as refusal:
             return _json(refusal.body(), refusal.status), ("auth_failures",), False
         try:
-            opportunity_id, payload = v1.parse_add_or_update(body, injector.faults.reject_names)
-            if opportunity_id is None:
-                new_id = self.store.v1_create(payload)
+            write = v1.parse_add_or_update(body, injector.faults.reject_names)
+            if write.opportunity_id is None:
+                new_id = self.store.v1_create(write)
                 return _json({"success": True, "id": new_id}), ("v1_creates",), True
-            if not self.store.v1_update(opportunity_id, payload):
-                raise v1.not_found(opportunity_id)
-            return _json({"success": True, "id": opportunity_id}), ("v1_updates",), True
+            if not self.store.v1_update(write.opportunity_id, write):
+                raise v1.not_found(write.opportunity_id)
+            return _json({"success": True, "id": write.opportunity_id}), ("v1_updates",), True
         except v1.V1Refusal as refusal:
             return _json(refusal.body(), refusal.status), (), False
+
+    async def _v1_list(self, request: web.Request, injector: FaultInjector) -> _Outcome:
+        body = await request.read()
+        try:
+            self._v1_verify(request, body)
+        except v1.V1Refusal as refusal:
+            return _json(refusal.body(), refusal.status), ("auth_failures",), False
+        try:
+            query = v1_list.parse_list_request(
+                body,
+                self.config.list_page_cap,
+                ignore_filters=injector.faults.list_ignores_filters,
+                ignore_venue_ids=injector.faults.list_ignores_venue_ids,
+            )
+        except v1.V1Refusal as refusal:
+            return _json(refusal.body(), refusal.status), (), False
+        total, page = self.store.v1_page(query.matches, query.start, query.per_page)
+        return _json(v1_list.list_answer(query, total, page)), ("v1_lists",), False
 
     async def _v1_ping(self, request: web.Request, injector: FaultInjector) -> _Outcome:
         body = await request.read()
@@ -451,6 +503,27 @@ class MockCrmServer:
     async def _inspect_opportunities(self, request: web.Request) -> web.StreamResponse:
         body = {"v1": self.store.v1_records(), "v2": self.store.v2_records()}
         return web.Response(body=v2.dumps(body).encode(), content_type="application/json")
+
+    async def _inspect_seed_v1(self, request: web.Request) -> web.StreamResponse:
+        try:
+            records = json.loads(await request.read() or b"null")
+            if not isinstance(records, list):
+                raise ValueError("the body must be a JSON list of records")
+            ids = self.seed_v1_records(records)
+        except ValueError as error:
+            return _json({"error": str(error)}, 400)
+        return _json({"ids": ids})
+
+    async def _inspect_delete_v1(self, request: web.Request) -> web.StreamResponse:
+        raw_id = request.match_info["id"]
+        if not v1.is_whole_number(raw_id):
+            return _json({"error": f"{raw_id!r} is not a v1 id"}, 400)
+        opportunity_id = int(raw_id)
+        deleted = self.delete_v1_record(opportunity_id)
+        return _json({"deleted": deleted, "id": opportunity_id}, 200 if deleted else 404)
+
+    async def _inspect_references(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.store.v1_references())
 
     async def _inspect_counters(self, request: web.Request) -> web.StreamResponse:
         return _json(self.counters.snapshot())

@@ -1,24 +1,33 @@
 """The mock CRM's state: stored v1 and v2 opportunities and the request counters.
 
-The server's event loop writes; tests read from their own thread. Every method takes a lock and
-every read returns a copy, so a reader never sees a half-made change.
+The server's event loop writes; tests read and seed from their own thread. Every method takes a
+lock and every read returns a copy, so a reader never sees a half-made change.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import re
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from airflow_opportunity_provider.mock_crm import v1
+
 V2_TYPES = ("Pre", "Post")
+# How the v1 platform writes a record's createdDate and modifiedDate: "2019-04-12 09:00:35 UTC".
+V1_DATE_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+_V1_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2} UTC$")
 
 # The names of the plain counters that snapshot() always reports, even at zero.
 COUNTER_NAMES = (
     "v1_creates",
     "v1_updates",
+    "v1_lists",
     "v2_puts",
     "token_issued",
     "token_refused",
@@ -53,20 +62,39 @@ def seed_v2_record(opportunity_id: int, opportunity_type: str) -> dict[str, Any]
     }
 
 
+def format_v1_date(moment: datetime) -> str:
+    """``moment`` as the v1 platform writes a record date, in UTC: ``2019-04-12 09:00:35 UTC``.
+
+    :param moment: an aware datetime (a naive one is taken as UTC).
+    """
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return aware.astimezone(UTC).strftime(V1_DATE_FORMAT)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class OpportunityStore:
     """Stored opportunities of both platforms.
 
-    v1 records keep the fields exactly as the client sent them (strings stay strings) plus
-    ``id``; v2 records are the flat ``V2OpportunityPrePostFlat`` shape, money as ``Decimal``.
+    v1 records keep the fields exactly as the client sent them (strings stay strings) plus the
+    ones the server sets: ``id``, ``createdDate`` and ``modifiedDate`` (``V1_DATE_FORMAT``, from
+    ``clock``) and ``externalUrls`` (a list, ``[]`` when none). v2 records are the flat
+    ``V2OpportunityPrePostFlat`` shape, money as ``Decimal``.
 
     :param first_v1_id: the id the first v1 create is given.
     :param v2_seed_ids: the v2 ids that exist, each with a ``Pre`` and a ``Post`` record.
+    :param clock: the time v1 records are dated with (UTC now when omitted).
     """
 
-    def __init__(self, first_v1_id: int, v2_seed_ids: Iterable[int]) -> None:
+    def __init__(
+        self, first_v1_id: int, v2_seed_ids: Iterable[int], clock: Callable[[], datetime] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._first_v1_id = first_v1_id
         self._v2_seed_ids = tuple(v2_seed_ids)
+        self._clock = clock or _utc_now
         self._v1: dict[int, dict[str, Any]] = {}
         self._next_v1_id = first_v1_id
         self._v2: dict[tuple[int, str], dict[str, Any]] = {}
@@ -81,15 +109,24 @@ class OpportunityStore:
 
     # v1
 
-    def v1_create(self, fields: Mapping[str, Any]) -> int:
+    def v1_create(self, write: v1.OpportunityWrite) -> int:
         """Store a new v1 opportunity and return the id given to it.
 
-        :param fields: the fields as received; the store keeps them, so do not change them after.
+        :param write: a checked create; the store keeps its fields, so do not change them after.
+        :raises v1.V1Refusal: when its external URLs do not fit (nothing is stored then).
         """
         with self._lock:
+            external_urls = write.merged_external_urls([])
             new_id = self._next_v1_id
             self._next_v1_id += 1
-            self._v1[new_id] = {**fields, "id": new_id}
+            now = format_v1_date(self._clock())
+            self._v1[new_id] = {
+                **write.fields,
+                "id": new_id,
+                "createdDate": now,
+                "modifiedDate": now,
+                v1.EXTERNAL_URLS: external_urls,
+            }
             return new_id
 
     def v1_exists(self, opportunity_id: int) -> bool:
@@ -100,19 +137,68 @@ class OpportunityStore:
         with self._lock:
             return opportunity_id in self._v1
 
-    def v1_update(self, opportunity_id: int, fields: Mapping[str, Any]) -> bool:
-        """Merge ``fields`` into a stored v1 opportunity; ``False`` when there is none.
+    def v1_update(self, opportunity_id: int, write: v1.OpportunityWrite) -> bool:
+        """Merge a checked update into a stored v1 opportunity; ``False`` when there is none.
+
+        The fields given replace the stored ones, external URLs merge by ``ref`` and
+        ``modifiedDate`` becomes now.
 
         :param opportunity_id: the v1 id.
-        :param fields: the fields as received (``id`` included or not); the store keeps them.
+        :param write: a checked update; the store keeps its fields.
+        :raises v1.V1Refusal: when the merged external URLs do not fit (nothing changes then).
         """
         with self._lock:
             record = self._v1.get(opportunity_id)
             if record is None:
                 return False
-            record.update(fields)
-            record["id"] = opportunity_id
+            external_urls = write.merged_external_urls(record[v1.EXTERNAL_URLS])
+            record.update(write.fields)
+            record[v1.EXTERNAL_URLS] = external_urls
+            record["modifiedDate"] = format_v1_date(self._clock())
             return True
+
+    def v1_seed(self, records: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Store records as if entered by hand in the CRM: every one of them, or none on a problem.
+
+        Each record needs ``venueId`` (a whole number) and may carry ``id`` (a whole number not yet
+        stored; a new id otherwise), ``createdDate`` and ``modifiedDate`` (``V1_DATE_FORMAT``;
+        now, and ``createdDate``, when left out) and ``externalUrls`` (the API's rules). Any other
+        field is kept as given. The records must be JSON values; the store keeps copies.
+
+        :param records: the records to store.
+        :return: the id of each record, in order.
+        :raises ValueError: naming the first record that cannot be stored.
+        """
+        with self._lock:
+            now = format_v1_date(self._clock())
+            taken = set(self._v1)
+            next_id = self._next_v1_id
+            prepared: list[dict[str, Any]] = []
+            for index, given in enumerate(records):
+                record = _seed_record(given, index, now)
+                if "id" in record:
+                    if record["id"] in taken:
+                        raise ValueError(f"record {index}: the id {record['id']} is already stored")
+                else:
+                    while next_id in taken:
+                        next_id += 1
+                    record["id"] = next_id
+                taken.add(record["id"])
+                # Ids count on after the highest one stored, as a database's auto-increment does.
+                next_id = max(next_id, record["id"] + 1)
+                prepared.append(record)
+            for record in prepared:
+                self._v1[record["id"]] = record
+            self._next_v1_id = next_id
+            return [record["id"] for record in prepared]
+
+    def v1_delete(self, opportunity_id: int) -> bool:
+        """Delete one v1 opportunity, as a salesperson might; ``False`` when there is none.
+
+        :param opportunity_id: the v1 id.
+        """
+        with self._lock:
+            return self._v1.pop(opportunity_id, None) is not None
 
     def v1_record(self, opportunity_id: int) -> dict[str, Any] | None:
         """A copy of one stored v1 opportunity, or ``None``.
@@ -127,6 +213,35 @@ class OpportunityStore:
         """Copies of every stored v1 opportunity, in id order."""
         with self._lock:
             return [copy.deepcopy(self._v1[key]) for key in sorted(self._v1)]
+
+    def v1_page(
+        self, matches: Callable[[Mapping[str, Any]], bool], start: int, count: int
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One page of the v1 opportunities that ``matches`` accepts, in id order.
+
+        Only the page is copied, so paging through many records costs one pass per page.
+
+        :param matches: says whether a record belongs to the list; it must not change the record.
+        :param start: how many matching records to skip.
+        :param count: the most records to return.
+        :return: ``(how many records match in all, copies of the page's records)``.
+        """
+        with self._lock:
+            found = [self._v1[key] for key in sorted(self._v1) if matches(self._v1[key])]
+            return len(found), [copy.deepcopy(record) for record in found[start : start + count]]
+
+    def v1_references(self) -> dict[str, list[int]]:
+        """Every external URL ``ref`` stored on a v1 opportunity, with the ids that carry it.
+
+        A ref held by two records, or none, is how a test tells that a row reached the CRM twice or
+        not at all.
+        """
+        with self._lock:
+            found: dict[str, list[int]] = {}
+            for key in sorted(self._v1):
+                for entry in self._v1[key][v1.EXTERNAL_URLS]:
+                    found.setdefault(entry["ref"], []).append(key)
+            return dict(sorted(found.items()))
 
     # v2
 
@@ -170,6 +285,46 @@ class OpportunityStore:
             return [
                 dict(self._v2[key]) for key in sorted(self._v2, key=lambda k: (k[0], V2_TYPES.index(k[1])))
             ]
+
+
+def _seed_record(given: Any, index: int, now: str) -> dict[str, Any]:
+    """Check one record to seed and return what the store keeps; see ``OpportunityStore.v1_seed``."""
+    if not isinstance(given, Mapping):
+        raise ValueError(f"record {index}: must be an object")
+    try:
+        # A JSON round trip makes a deep copy and proves the record can be answered as JSON.
+        record: dict[str, Any] = json.loads(json.dumps(dict(given)))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"record {index}: not a JSON value ({error})") from None
+    if not v1.is_whole_number(record.get("venueId")):
+        raise ValueError(f"record {index}: venueId is required, a whole number")
+    if "id" in record:
+        if not v1.is_whole_number(record["id"]) or int(record["id"]) < 1:
+            raise ValueError(f"record {index}: id must be a whole number >= 1")
+        record["id"] = int(record["id"])
+    for name in ("createdDate", "modifiedDate"):
+        if name in record and not _is_v1_date(record[name]):
+            raise ValueError(f"record {index}: {name} must read like '2019-04-12 09:00:35 UTC'")
+    record.setdefault("createdDate", now)
+    record.setdefault("modifiedDate", record["createdDate"])
+    try:
+        changes = v1.parse_external_urls(record.get(v1.EXTERNAL_URLS))
+        record[v1.EXTERNAL_URLS] = v1.merge_external_urls([], changes)
+    except v1.V1Refusal as refusal:
+        raise ValueError(
+            f"record {index}: {'; '.join(refusal.additional_messages or [refusal.message])}"
+        ) from None
+    return record
+
+
+def _is_v1_date(value: Any) -> bool:
+    if not isinstance(value, str) or _V1_DATE.match(value) is None:
+        return False
+    try:
+        datetime.strptime(value, V1_DATE_FORMAT)
+    except ValueError:
+        return False
+    return True
 
 
 class Counters:

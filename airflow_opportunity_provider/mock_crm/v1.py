@@ -1,5 +1,6 @@
 """The v1 (iVvy venue platform) rules the mock enforces: the IWS request signature and the fields
-of ``addOrUpdateOpportunity``, each refusal in the platform's own error shape and codes.
+of ``addOrUpdateOpportunity`` (its ``externalUrls`` included), each refusal in the platform's own
+error shape and codes.
 
 Signatures are recomputed with the same functions the client signs with (``auth.py``), from
 the body bytes and headers exactly as received.
@@ -10,7 +11,8 @@ from __future__ import annotations
 import hmac
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -54,6 +56,14 @@ OBJECT_FIELDS = frozenset({"company", "contact", "referralContact"})
 # channelId is a string in the seeds and an integer in the vendor's current page: both pass.
 INTEGER_OR_STRING_FIELDS = frozenset({"channelId"})
 CREATE_REQUIRED_FIELDS = ("name", "typeId", "stageId", "sourceId")
+# Fields the server sets on every record; a client sending them is ignored, as for any unknown name.
+SERVER_FIELDS = frozenset({"id", "createdDate", "modifiedDate"})
+EXTERNAL_URLS = "externalUrls"
+MAX_EXTERNAL_URLS = 3
+# The vendor gives no length limit for an external URL's ref and label: 255 is the mock's
+# assumption, the same as the package's JSON Schema.
+MAX_EXTERNAL_URL_TEXT = 255
+EXTERNAL_URL_KEYS = ("ref", "url", "label")
 
 _AUTHORIZATION = re.compile(r"^\s*IWS\s+([^:\s]+):([0-9A-Fa-f]+)\s*$")
 _DIGITS = re.compile(r"^[0-9]+$")
@@ -185,7 +195,12 @@ def verify_signature(
     return api_key
 
 
-def _is_integer(value: Any) -> bool:
+def is_whole_number(value: Any) -> bool:
+    """Whether the platform takes ``value`` as a whole number: an ``int`` (not a ``bool``) or a
+    string of digits, as the seeds send ids.
+
+    :param value: the value as received.
+    """
     if isinstance(value, bool):
         return False
     return isinstance(value, int) or (isinstance(value, str) and _DIGITS.match(value) is not None)
@@ -195,7 +210,12 @@ def _given(value: Any) -> bool:
     return value is not None and value != ""
 
 
-def _invalid(name: str, why: str) -> V1Refusal:
+def invalid_parameter(name: str, why: str) -> V1Refusal:
+    """The refusal of a parameter that does not validate (HTTP 400, specificCode 23016).
+
+    :param name: the parameter, named in the message.
+    :param why: the reason, sent as the one ``additionalMessages`` entry.
+    """
     return V1Refusal(400, f"'{name}' does not validate", PARAMETER_INVALID, [why])
 
 
@@ -204,14 +224,14 @@ def _check_types(payload: Mapping[str, Any]) -> None:
     for name, value in payload.items():
         if value is None:
             continue
-        if name in INTEGER_FIELDS and not _is_integer(value):
-            raise _invalid(name, "Value must be a whole number")
-        if name in INTEGER_OR_STRING_FIELDS and not (_is_integer(value) or isinstance(value, str)):
-            raise _invalid(name, "Value must be a whole number or a string")
+        if name in INTEGER_FIELDS and not is_whole_number(value):
+            raise invalid_parameter(name, "Value must be a whole number")
+        if name in INTEGER_OR_STRING_FIELDS and not (is_whole_number(value) or isinstance(value, str)):
+            raise invalid_parameter(name, "Value must be a whole number or a string")
         if name in STRING_FIELDS and not isinstance(value, str):
-            raise _invalid(name, "Value must be a string")
+            raise invalid_parameter(name, "Value must be a string")
         if name in OBJECT_FIELDS and not isinstance(value, dict):
-            raise _invalid(name, "Value must be an object")
+            raise invalid_parameter(name, "Value must be an object")
 
 
 def _missing_for_create(payload: Mapping[str, Any]) -> list[str]:
@@ -242,16 +262,45 @@ def _check_closed_date(payload: Mapping[str, Any]) -> None:
         ) from None
 
 
-def parse_add_or_update(body: bytes, reject_names: Collection[str] = ()) -> tuple[int | None, dict[str, Any]]:
+@dataclass(frozen=True)
+class OpportunityWrite:
+    """One ``addOrUpdateOpportunity`` request that passed the field rules.
+
+    :param opportunity_id: ``None`` for a create, the id to update otherwise.
+    :param fields: the fields to store, as received, without ``externalUrls`` and the fields the
+        server sets itself (``id``, ``createdDate``, ``modifiedDate``).
+    :param external_urls_given: whether the request had ``externalUrls`` at all (left out, the
+        stored entries stay as they are).
+    :param external_urls: the entries as received, each checked; ``None`` removes every entry.
+    """
+
+    opportunity_id: int | None
+    fields: dict[str, Any]
+    external_urls_given: bool = False
+    external_urls: list[dict[str, Any]] | None = None
+
+    def merged_external_urls(self, current: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The entries a record holds after this write, from those it held before.
+
+        :param current: the record's stored entries (``[]`` for a create).
+        :raises V1Refusal: 400, 23016 when more than :data:`MAX_EXTERNAL_URLS` would be left.
+        """
+        if not self.external_urls_given:
+            return [dict(entry) for entry in current]
+        return merge_external_urls(current, self.external_urls)
+
+
+def parse_add_or_update(body: bytes, reject_names: Collection[str] = ()) -> OpportunityWrite:
     """Apply the ``addOrUpdateOpportunity`` field rules to a request body.
 
-    Returns ``(id, payload)``: ``id`` is ``None`` for a create, the integer id for an update
-    (whose existence the caller checks, answering 24222). Unknown field names are ignored, as
-    the platform ignores them.
+    The write's ``opportunity_id`` is ``None`` for a create, the integer id for an update (whose
+    existence the caller checks, answering 24222). Unknown field names are ignored, as the
+    platform ignores them, and kept with the record.
 
     :param body: the body bytes as received.
     :param reject_names: names the server is told to refuse as invalid (24224).
-    :raises V1Refusal: 400 with 24221 (empty), 23017 (missing), 23016 (wrong type) or 24224.
+    :raises V1Refusal: 400 with 24221 (empty), 23017 (missing), 23016 (wrong type, or an invalid
+        ``externalUrls``) or 24224.
     """
     try:
         payload = json.loads(body) if body.strip() else None
@@ -262,6 +311,8 @@ def parse_add_or_update(body: bytes, reject_names: Collection[str] = ()) -> tupl
     if not _given(payload.get("venueId")):
         raise V1Refusal(400, "'venueId' is required", PARAMETER_MISSING, ["'venueId' is required"])
     _check_types(payload)
+    external_urls_given = EXTERNAL_URLS in payload
+    external_urls = parse_external_urls(payload[EXTERNAL_URLS]) if external_urls_given else None
     raw_id: Any = payload.get("id")
     opportunity_id = int(raw_id) if _given(raw_id) else None
     if opportunity_id is None:
@@ -282,7 +333,104 @@ def parse_add_or_update(body: bytes, reject_names: Collection[str] = ()) -> tupl
             INVALID_DETAILS,
             [f"The opportunity name {name!r} was refused"],
         )
-    return opportunity_id, payload
+    fields = {key: value for key, value in payload.items() if key not in SERVER_FIELDS | {EXTERNAL_URLS}}
+    return OpportunityWrite(opportunity_id, fields, external_urls_given, external_urls)
+
+
+def parse_external_urls(value: Any) -> list[dict[str, Any]] | None:
+    """Check an ``externalUrls`` value: ``None`` (remove every entry) or at most 3 entries.
+
+    Each entry is ``{"ref": str, "url": "https://..." or None, "label": str}`` with ``ref``
+    required and unique within the request, ``ref`` and ``label`` at most
+    :data:`MAX_EXTERNAL_URL_TEXT` characters, and no other key.
+
+    :param value: the ``externalUrls`` value as received.
+    :return: copies of the entries, each with only the keys it was given; ``None`` for ``null``.
+    :raises V1Refusal: 400, 23016, the first problem named in ``additionalMessages``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise invalid_parameter(
+            EXTERNAL_URLS, f"Value must be a list of at most {MAX_EXTERNAL_URLS} objects, or null"
+        )
+    if len(value) > MAX_EXTERNAL_URLS:
+        raise invalid_parameter(
+            EXTERNAL_URLS, f"At most {MAX_EXTERNAL_URLS} external URLs are allowed, got {len(value)}"
+        )
+    seen: set[str] = set()
+    entries = []
+    for index, entry in enumerate(value):
+        where = f"{EXTERNAL_URLS}[{index}]"
+        if not isinstance(entry, dict):
+            raise invalid_parameter(EXTERNAL_URLS, f"{where} must be an object")
+        unknown = sorted(str(key) for key in entry if key not in EXTERNAL_URL_KEYS)
+        if unknown:
+            raise invalid_parameter(
+                EXTERNAL_URLS,
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(EXTERNAL_URL_KEYS)}",
+            )
+        ref = entry.get("ref")
+        if not isinstance(ref, str) or not ref:
+            raise invalid_parameter(EXTERNAL_URLS, f"{where}.ref is required: a non-empty string")
+        if len(ref) > MAX_EXTERNAL_URL_TEXT:
+            raise invalid_parameter(
+                EXTERNAL_URLS, f"{where}.ref must be at most {MAX_EXTERNAL_URL_TEXT} characters"
+            )
+        if ref in seen:
+            raise invalid_parameter(EXTERNAL_URLS, f"{where}.ref {ref!r} is given twice in one request")
+        seen.add(ref)
+        url = entry.get("url")
+        if url is not None and (not isinstance(url, str) or not url.startswith("https://")):
+            raise invalid_parameter(
+                EXTERNAL_URLS, f"{where}.url must be an https:// URL, or null to remove the entry"
+            )
+        if "label" in entry:
+            label = entry["label"]
+            if not isinstance(label, str):
+                raise invalid_parameter(EXTERNAL_URLS, f"{where}.label must be a string")
+            if len(label) > MAX_EXTERNAL_URL_TEXT:
+                raise invalid_parameter(
+                    EXTERNAL_URLS, f"{where}.label must be at most {MAX_EXTERNAL_URL_TEXT} characters"
+                )
+        entries.append(dict(entry))
+    return entries
+
+
+def merge_external_urls(
+    current: Sequence[Mapping[str, Any]], changes: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """The entries after applying checked ``changes`` to ``current``, merged by ``ref``.
+
+    ``None`` removes every entry. An entry with ``"url": None`` removes the stored one with its
+    ``ref`` (and adds nothing); one with a known ``ref`` replaces the fields it gives and keeps the
+    others; one with a new ``ref`` is added at the end. Stored entries always have all three keys,
+    ``None`` for what was never given.
+
+    :param current: the stored entries.
+    :param changes: what :func:`parse_external_urls` returned.
+    :raises V1Refusal: 400, 23016 when more than :data:`MAX_EXTERNAL_URLS` would be left.
+    """
+    if changes is None:
+        return []
+    merged = [dict(entry) for entry in current]
+    for change in changes:
+        position = next((i for i, entry in enumerate(merged) if entry["ref"] == change["ref"]), None)
+        if "url" in change and change["url"] is None:
+            if position is not None:
+                del merged[position]
+        elif position is not None:
+            merged[position].update(change)
+        else:
+            merged.append({key: change.get(key) for key in EXTERNAL_URL_KEYS})
+    if len(merged) > MAX_EXTERNAL_URLS:
+        raise invalid_parameter(
+            EXTERNAL_URLS,
+            f"An opportunity holds at most {MAX_EXTERNAL_URLS} external URLs; this request would leave "
+            f'{len(merged)} (remove one with "url": null)',
+        )
+    return merged
 
 
 def not_found(opportunity_id: int) -> V1Refusal:

@@ -86,8 +86,9 @@ def compile_check(schema: Any, *, format_checker: FormatChecker) -> Check | None
     """Compile ``schema`` into a function that says whether a document is valid, or ``None``.
 
     :param schema: a draft 2020-12 schema using only ``type``, ``properties``, ``required``,
-        ``additionalProperties``, ``pattern``, ``minimum``, ``minLength``, ``enum`` (of strings),
-        ``format``, local ``$ref``, ``if``/``then``/``else``, ``anyOf``, ``not`` and annotations.
+        ``additionalProperties``, ``items`` (without ``prefixItems``), ``maxItems``, ``pattern``,
+        ``minimum``, ``minLength``, ``maxLength``, ``enum`` (of strings), ``format``, local ``$ref``,
+        ``if``/``then``/``else``, ``anyOf``, ``not`` and annotations.
     :param format_checker: asserts ``format`` exactly as the jsonschema validator does.
     :return: the check, or ``None`` when the schema uses anything else.
     """
@@ -132,9 +133,12 @@ class _Compiler:
             "properties": self._properties,
             "required": self._required,
             "additionalProperties": self._additional_properties,
+            "items": self._items,
+            "maxItems": self._max_items,
             "pattern": self._pattern,
             "minimum": self._minimum,
             "minLength": self._min_length,
+            "maxLength": self._max_length,
             "enum": self._enum,
             "format": self._format,
             "$ref": self._ref,
@@ -213,6 +217,24 @@ class _Compiler:
 
         return check
 
+    def _items(self, value: Any, schema: Mapping[str, Any]) -> Check:
+        # With `prefixItems`, `items` covers only the rest; `prefixItems` itself is not compiled,
+        # so such a schema falls back to jsonschema before this check is ever used.
+        item_check = self.compile(value)
+
+        def check(instance: object) -> bool:
+            if not isinstance(instance, list):
+                return True
+            for item in instance:  # noqa: SIM110
+                if not item_check(item):
+                    return False
+            return True
+
+        return check
+
+    def _max_items(self, value: int, schema: Mapping[str, Any]) -> Check:
+        return lambda instance: not isinstance(instance, list) or len(instance) <= value
+
     def _pattern(self, value: str, schema: Mapping[str, Any]) -> Check:
         search = re.compile(value).search
         return lambda instance: not isinstance(instance, str) or search(instance) is not None
@@ -222,6 +244,9 @@ class _Compiler:
 
     def _min_length(self, value: int, schema: Mapping[str, Any]) -> Check:
         return lambda instance: not isinstance(instance, str) or len(instance) >= value
+
+    def _max_length(self, value: int, schema: Mapping[str, Any]) -> Check:
+        return lambda instance: not isinstance(instance, str) or len(instance) <= value
 
     def _enum(self, value: list[Any], schema: Mapping[str, Any]) -> Check:
         if not all(isinstance(choice, str) for choice in value):

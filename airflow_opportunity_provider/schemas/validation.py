@@ -61,6 +61,7 @@ V1_FIELDS = frozenset(
         "utmContent",
         "referralContactId",
         "referralContact",
+        "externalUrls",
     }
 )
 V2_ROUTE_AND_QUERY_FIELDS = frozenset({"Id", "opportunityType", "LanguageId"})

@@ -115,6 +115,34 @@ def test_the_cli_stops_on_sigint_and_applies_fault_options() -> None:
     assert returncode == 0
 
 
+def test_the_cli_sets_the_list_page_cap_and_the_list_switches() -> None:
+    path = "/api/1.0/crm?action=getOpportunityList"
+    options = ["--list-page-cap", "2", "--list-ignores-filters", "--list-ignores-venue-ids"]
+    with _cli(options) as (process, base_url):
+        seeded = requests.post(
+            base_url + "/_mock/v1/opportunities",
+            json=[{"venueId": 1, "name": "a"}, {"venueId": 2, "name": "b"}, {"venueId": 3, "name": "c"}],
+            timeout=5,
+        ).json()
+        body = b'{"perPage": 50, "venueIds": [1], "filter": {"name": "a"}}'
+        answer = requests.post(
+            base_url + path,
+            data=body,
+            headers=sign_v1_request("mock-api-key-0001", "mock-api-secret-0001-abcdef", path, body),
+            timeout=5,
+        ).json()
+        faults = requests.get(base_url + "/_mock/faults", timeout=5).json()
+
+        returncode, _ = _stop(process)
+
+    assert seeded == {"ids": [1000, 1001, 1002]}
+    # Neither venueIds nor filter is applied, and the page holds at most 2 records.
+    assert answer["meta"] == {"totalResults": 3, "start": 0, "perPage": 2, "count": 2}
+    assert [record["id"] for record in answer["results"]] == [1000, 1001]
+    assert (faults["list_ignores_filters"], faults["list_ignores_venue_ids"]) == (True, True)
+    assert returncode == 0
+
+
 def test_the_access_log_is_off_by_default_and_never_shows_secrets() -> None:
     secrets = ("mock-api-secret-0001-abcdef", "mock-client-secret-abcdef", "mock-static-token-abcdef")
 
@@ -158,7 +186,7 @@ def test_help_documents_every_option_with_its_default() -> None:
         "--host", "--port", "--api-key", "--api-secret", "--client-id", "--client-secret", "--static-token",
         "--token-ttl", "--category", "--stage", "--v2-seed-count", "--first-v1-id", "--latency", "--error",
         "--retry-after", "--drop-after-commit-rate", "--rate-limit", "--burst", "--seed", "--reject-name",
-        "--access-log",
+        "--access-log", "--list-page-cap", "--list-ignores-filters", "--list-ignores-venue-ids",
     ):  # fmt: skip
         assert option in result.stdout
     text = " ".join(result.stdout.split())
@@ -167,7 +195,9 @@ def test_help_documents_every_option_with_its_default() -> None:
     assert "(default: None)" not in text
 
 
-@pytest.mark.parametrize("bad", [["--error", "503"], ["--error", "418=0.5"], ["--latency", "-1"]])
+@pytest.mark.parametrize(
+    "bad", [["--error", "503"], ["--error", "418=0.5"], ["--latency", "-1"], ["--list-page-cap", "0"]]
+)
 def test_bad_options_exit_with_usage_error(bad: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", MODULE, "--port", "0", *bad], capture_output=True, text=True, timeout=30

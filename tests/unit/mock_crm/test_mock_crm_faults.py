@@ -222,6 +222,9 @@ def test_faults_can_be_set_and_read_over_http(mock_crm: MockCrmServer) -> None:
         ({"burst": 0}, "burst"),
         ({"token_ttl": 0}, "token_ttl"),
         ({"drop_after_commit_rate": -0.1}, "drop_after_commit_rate"),
+        ({"list_ignores_filters": "false"}, "list_ignores_filters must be true or false"),
+        ({"list_ignores_venue_ids": 1}, "list_ignores_venue_ids must be true or false"),
+        ({"faults_on_token_endpoint": "yes"}, "faults_on_token_endpoint must be true or false"),
     ],
 )
 def test_fault_config_refuses_values_out_of_range(kwargs: dict[str, object], fragment: str) -> None:
@@ -231,8 +234,14 @@ def test_fault_config_refuses_values_out_of_range(kwargs: dict[str, object], fra
 
 def test_fault_config_round_trips_through_json_form() -> None:
     faults = FaultConfig(
-        latency=0.1, errors={503: 0.1}, error_rate=0.05, error_status=429, reject_names={"A"}
-    )  # type: ignore[arg-type]
+        latency=0.1,
+        errors={503: 0.1},
+        error_rate=0.05,
+        error_status=429,
+        reject_names={"A"},  # type: ignore[arg-type]
+        list_ignores_filters=True,
+        list_ignores_venue_ids=True,
+    )
 
     assert FaultConfig.from_dict(faults.to_dict()) == faults
     assert faults.error_shares() == {503: 0.1, 429: 0.05}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from decimal import Decimal
 
@@ -26,7 +27,10 @@ def test_opportunities_lists_v1_and_v2_records(mock_crm: MockCrmServer) -> None:
     answer = requests.get(mock_crm.base_url + "/_mock/opportunities", timeout=5)
     body = answer.json(parse_float=Decimal)
 
-    assert body["v1"] == [{**CREATE, "id": 1000}]
+    (record,) = body["v1"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", record.pop("createdDate"))
+    assert record.pop("modifiedDate")
+    assert record == {**CREATE, "id": 1000, "externalUrls": []}
     assert len(body["v2"]) == 200  # ids 1..100, a Pre and a Post each
     changed = [record for record in body["v2"] if record["ID"] == 2 and record["Type"] == "Pre"]
     assert changed[0]["AcctPotential"] == Decimal("1.10")
@@ -157,6 +161,9 @@ def test_config_repr_never_shows_secrets() -> None:
         ({"categories": ()}, "categories"),
         ({"v2_seed_ids": [0, 1]}, "v2_seed_ids"),
         ({"first_v1_id": 0}, "first_v1_id"),
+        ({"list_page_cap": 0}, "list_page_cap"),
+        ({"list_page_cap": 2.5}, "list_page_cap"),
+        ({"list_page_cap": True}, "list_page_cap"),
     ],
 )
 def test_config_refuses_unusable_values(kwargs: dict[str, object], fragment: str) -> None:

@@ -249,7 +249,9 @@ def test_valid_variants_are_created(mock_crm: MockCrmServer, payload: dict[str, 
     response = post_v1(mock_crm, payload)
 
     assert response.status_code == 200, response.text
-    assert mock_crm.store.v1_records() == [{**payload, "id": 1000}]
+    (record,) = mock_crm.store.v1_records()
+    assert record.pop("createdDate") == record.pop("modifiedDate")
+    assert record == {**payload, "id": 1000, "externalUrls": []}
 
 
 def test_an_update_of_an_unknown_id_is_not_found(mock_crm: MockCrmServer) -> None:

@@ -338,3 +338,123 @@ def test_the_error_is_catchable_and_says_nothing_was_sent() -> None:
     assert isinstance(raised.value, ValueError)
     assert "add_or_update_opportunity has 1 problem; nothing was sent" in str(raised.value)
     assert "$.venueId: must be an integer or a string of digits, got 'x'" in str(raised.value)
+
+
+LINK = {"ref": "warehouse:row-1", "url": "https://warehouse.example.com/rows/1", "label": "Row 1"}
+NOT_A_REF = "must be a non-empty string of at most 255 characters, got {}"
+NOT_A_URL = "must be an https:// URL, or null to remove the entry, got {}"
+NOT_A_LABEL = "must be a string of at most 255 characters, got {}"
+
+
+@pytest.mark.parametrize(
+    "external_urls",
+    [
+        pytest.param([LINK], id="one-full-entry"),
+        pytest.param([{"ref": "a"}], id="ref-only"),
+        pytest.param([{"ref": "a", "url": None}], id="url-null-removes-one"),
+        pytest.param([{"ref": "a", "label": ""}], id="empty-label"),
+        pytest.param([{"ref": "a"}, {"ref": "b"}, {"ref": "c", "url": "https://c"}], id="three-entries"),
+        pytest.param([], id="empty-list"),
+        pytest.param(None, id="null-removes-all"),
+        pytest.param([{"ref": "r" * 255, "label": "l" * 255}], id="longest-ref-and-label"),
+    ],
+)
+def test_external_urls_take_up_to_three_links(external_urls: Any) -> None:
+    assert validate_add_or_update_payload({**UPDATE, "externalUrls": external_urls}) is None
+    assert validate_add_or_update_payload({**CREATE, "externalUrls": external_urls}) is None
+
+
+@pytest.mark.parametrize(
+    ("external_urls", "expected"),
+    [
+        pytest.param(
+            [{"ref": "a"}, {"ref": "b"}, {"ref": "c"}, {"ref": "d"}],
+            [("$.externalUrls", "must hold at most 3 external URLs")],
+            id="four-entries",
+        ),
+        pytest.param(
+            [{"url": "https://x"}], [("$.externalUrls[0].ref", "required field is missing")], id="no-ref"
+        ),
+        pytest.param([{"ref": ""}], [("$.externalUrls[0].ref", NOT_A_REF.format("''"))], id="empty-ref"),
+        pytest.param([{"ref": 7}], [("$.externalUrls[0].ref", NOT_A_REF.format("7"))], id="ref-not-a-string"),
+        pytest.param(
+            [LINK, {"ref": "r" * 256}],
+            [("$.externalUrls[1].ref", NOT_A_REF.format(repr("r" * 256)[:57] + "..."))],
+            id="ref-too-long",
+        ),
+        pytest.param(
+            [{"ref": "a", "url": "http://plain.example.com"}],
+            [("$.externalUrls[0].url", NOT_A_URL.format("'http://plain.example.com'"))],
+            id="url-not-https",
+        ),
+        pytest.param(
+            [{"ref": "a", "url": " https://x"}],
+            [("$.externalUrls[0].url", NOT_A_URL.format("' https://x'"))],
+            id="url-with-leading-space",
+        ),
+        pytest.param(
+            [{"ref": "a", "url": 5}], [("$.externalUrls[0].url", NOT_A_URL.format("5"))], id="url-a-number"
+        ),
+        pytest.param(
+            [{"ref": "a", "label": 5}],
+            [("$.externalUrls[0].label", NOT_A_LABEL.format("5"))],
+            id="label-not-a-string",
+        ),
+        pytest.param(
+            [{"ref": "a", "label": None}],
+            [
+                (
+                    "$.externalUrls[0].label",
+                    NOT_A_LABEL.format("None") + "; leave the field out rather than sending null",
+                )
+            ],
+            id="label-null",
+        ),
+        pytest.param(
+            [{"ref": "a", "label": "l" * 256}],
+            [("$.externalUrls[0].label", NOT_A_LABEL.format(repr("l" * 256)[:57] + "..."))],
+            id="label-too-long",
+        ),
+        pytest.param(
+            [{"ref": "a", "URL": "https://x"}],
+            [("$.externalUrls[0].URL", "unknown field; did you mean `url`?")],
+            id="unknown-key",
+        ),
+        pytest.param(
+            ["https://x"],
+            [
+                (
+                    "$.externalUrls[0]",
+                    "must be an object with `ref` and optionally `url` and `label`, got 'https://x'",
+                )
+            ],
+            id="entry-not-an-object",
+        ),
+        pytest.param(
+            {"ref": "a"},
+            [
+                (
+                    "$.externalUrls",
+                    "must be a list of at most 3 external URLs, or null to remove them all, got {'ref': 'a'}",
+                )
+            ],
+            id="an-object-not-a-list",
+        ),
+    ],
+)
+def test_external_urls_refuse_anything_else_naming_the_entry(
+    external_urls: Any, expected: list[tuple[str, str]]
+) -> None:
+    assert problems_of({**UPDATE, "externalUrls": external_urls}) == expected
+
+
+def test_every_problem_of_every_external_url_is_reported_at_once() -> None:
+    external_urls = [{"ref": "", "url": "ftp://x", "colour": "red"}, {"label": 1}]
+
+    assert problems_of({**UPDATE, "externalUrls": external_urls}) == [
+        ("$.externalUrls[0].colour", "unknown field"),
+        ("$.externalUrls[0].ref", NOT_A_REF.format("''")),
+        ("$.externalUrls[0].url", NOT_A_URL.format("'ftp://x'")),
+        ("$.externalUrls[1].label", NOT_A_LABEL.format("1")),
+        ("$.externalUrls[1].ref", "required field is missing"),
+    ]

@@ -52,6 +52,24 @@ V1_POOLS: dict[str, list[Any]] = {
     "contact": OBJECTS,
     "referralContact": OBJECTS,
     **{name: TEXT for name in ("utmSource", "utmMedium", "utmCampaign", "utmTerm", "utmContent")},
+    "externalUrls": [
+        None,
+        [],
+        [{"ref": "a"}],
+        [{"ref": "a", "url": "https://a", "label": "A"}, {"ref": "b", "url": None}],
+        [{"ref": "a"}, {"ref": "b"}, {"ref": "c"}],
+        [{"ref": "a"}, {"ref": "b"}, {"ref": "c"}, {"ref": "d"}],
+        [{"ref": ""}],
+        [{"ref": "r" * 256}],
+        [{"url": "https://a"}],
+        [{"ref": "a", "url": "http://a"}],
+        [{"ref": "a", "label": None}],
+        [{"ref": "a", "label": "l" * 256}],
+        [{"ref": "a", "href": "https://a"}],
+        ["https://a"],
+        {"ref": "a"},
+        "https://a",
+    ],
     "stageID": [1],
     "colour": ["red"],
 }
@@ -123,6 +141,47 @@ def test_fast_check_agrees_with_jsonschema(name: str, documents: list[Any]) -> N
     assert 500 < valid < len(documents) - 500
 
 
+EXTERNAL_URL_ENTRIES: list[Any] = [
+    {"ref": "a"},
+    {"ref": "b", "url": "https://b.example.com/1", "label": "B"},
+    {"ref": "c", "url": None},
+    {"ref": "d", "label": ""},
+    {"ref": ""},
+    {"ref": "r" * 255},
+    {"ref": "r" * 256},
+    {"ref": 1},
+    {"url": "https://x"},
+    {"ref": "e", "url": "http://e"},
+    {"ref": "e", "url": "HTTPS://e"},
+    {"ref": "e", "url": 5},
+    {"ref": "f", "label": None},
+    {"ref": "f", "label": "l" * 256},
+    {"ref": "g", "extra": 1},
+    "https://x",
+    None,
+    [],
+]
+
+
+def test_fast_check_agrees_with_jsonschema_on_external_urls() -> None:
+    chooser = random.Random(7)
+    fast = validation._fast_check(ADD_OR_UPDATE_OPPORTUNITY)
+    validator = get_validator(ADD_OR_UPDATE_OPPORTUNITY)
+    documents = [
+        {
+            **chooser.choice(V1_BASES),
+            "externalUrls": chooser.sample(EXTERNAL_URL_ENTRIES, chooser.randrange(5)),
+        }
+        for _ in range(2000)
+    ]
+
+    disagreements = [document for document in documents if fast(document) != validator.is_valid(document)]
+    valid = sum(1 for document in documents if validator.is_valid(document))
+
+    assert disagreements == []
+    assert 300 < valid < len(documents) - 300
+
+
 def _jsonschema_answer(schema: Any, instance: Any) -> bool:
     validator = validation._OpportunityValidator(schema, format_checker=validation._FORMAT_CHECKER)
     return bool(validator.is_valid(instance))
@@ -136,6 +195,15 @@ KEYWORD_CASES = [
     ({"type": "boolean"}, [True, 0]),
     ({"minimum": 2}, [1, "1", None, True]),
     ({"minLength": 2}, ["ab", "a", 5]),
+    ({"maxLength": 2}, ["ab", "abc", "", 500]),
+    ({"maxLength": 1}, ["\N{SNOWMAN}", "\N{SNOWMAN}\N{SNOWMAN}"]),
+    ({"items": {"type": "integer"}}, [[], [1, 2], [1, "2"], "12", {"a": "b"}]),
+    ({"items": False}, [[], [1]]),
+    ({"maxItems": 2}, [[], [1, 2], [1, 2, 3], "abc", {"a": 1, "b": 2, "c": 3}]),
+    (
+        {"type": ["array", "null"], "maxItems": 1, "items": {"required": ["ref"]}},
+        [None, [], [{"ref": 1}], [{}], [{"ref": 1}, {"ref": 2}], 5],
+    ),
     ({"pattern": "^a"}, ["abc", "bac", 1]),
     ({"enum": ["x", "y"]}, ["x", "z", 1, None]),
     ({"format": "date"}, ["2024-02-29", "2023-02-29", 5]),
@@ -175,7 +243,9 @@ def test_each_keyword_compiles_to_what_jsonschema_decides(schema: Any, instances
     "schema",
     [
         pytest.param({"oneOf": [{"type": "string"}]}, id="unknown-keyword"),
-        pytest.param({"properties": {"a": {"maxLength": 3}}}, id="unknown-keyword-nested"),
+        pytest.param({"properties": {"a": {"multipleOf": 3}}}, id="unknown-keyword-nested"),
+        pytest.param({"prefixItems": [{"type": "string"}], "items": False}, id="prefix-items"),
+        pytest.param({"items": {"uniqueItems": True}}, id="unknown-keyword-in-items"),
         pytest.param(
             {"patternProperties": {"^x": {}}, "additionalProperties": False}, id="pattern-properties"
         ),
