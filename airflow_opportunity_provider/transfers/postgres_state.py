@@ -114,6 +114,7 @@ def apply_in_one_statement(
     :param rejects: reject rows, likewise.
     :raises LeaseLostError: another run took the lease over; nothing was written.
     """
+    state._leases.refuse_if_lost()
     lease = state._leases.lease
     parameters: list[Any] = []
     if lease is not None:

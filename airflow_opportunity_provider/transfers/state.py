@@ -272,11 +272,17 @@ class _Lease:
 class _LeaseBox:
     """The lease a state holds, shared with its SQLite loop writer (which must check it too)."""
 
-    __slots__ = ("lease", "renewed_at")
+    __slots__ = ("lease", "lost", "renewed_at")
 
     def __init__(self) -> None:
         self.lease: _Lease | None = None
+        # Once lost, a lease stays lost: every later write is refused until a new acquisition.
+        self.lost: LeaseLostError | None = None
         self.renewed_at = 0.0
+
+    def refuse_if_lost(self) -> None:
+        if self.lost is not None:
+            raise LeaseLostError(str(self.lost))
 
 
 def default_state_path() -> Path:
@@ -548,6 +554,7 @@ class SyncState:
         The update takes the lease row's write lock, so a takeover either committed before it
         (and the generation no longer matches) or waits until this transaction has committed.
         """
+        self._leases.refuse_if_lost()
         lease = self._leases.lease
         if lease is None:
             return
@@ -568,11 +575,12 @@ class SyncState:
 
     def _lease_lost(self, lease: _Lease) -> LeaseLostError:
         self._leases.lease = None
-        return LeaseLostError(
+        self._leases.lost = LeaseLostError(
             f"sync {self.sync_name!r} partition {self.partition_index} of {self.partition_count}: run "
             f"{self.run_id} no longer holds the lease of generation {lease.generation} (another run took "
             "it over after it expired); nothing was written, and this run must send nothing more."
         )
+        return self._leases.lost
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
@@ -1056,6 +1064,7 @@ class SyncState:
             generation, held = self._try_acquire(float(ttl_seconds))
             if generation is not None:
                 self._leases.lease = _Lease(generation, float(ttl_seconds))
+                self._leases.lost = None
                 self._leases.renewed_at = time.monotonic()
                 return generation
             assert held is not None
@@ -1145,6 +1154,8 @@ class SyncState:
 
         :raises LeaseLostError: another run took it over.
         """
+        if self._leases.lease is None and self._leases.lost is None:
+            raise RuntimeError("renew_lease() needs acquire_lease() first")
         with self._write():
             pass
 
