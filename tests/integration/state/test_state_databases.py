@@ -211,7 +211,8 @@ def test_a_zombie_in_another_process_cannot_commit_an_intent_after_a_takeover(
         text=True,
     )
     try:
-        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout is not None
+        assert child.stdin is not None
         assert child.stdout.readline().strip() == "1", child.stderr.read() if child.stderr else ""
         assert child.stdout.readline().strip() == "intent"
         time.sleep(0.7)
