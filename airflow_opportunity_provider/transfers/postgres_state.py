@@ -3,6 +3,19 @@
 The lease check, the upserts and the rejects are data-modifying CTEs of a single statement
 run in autocommit mode: it is its own transaction, all or nothing, and one network round trip
 however many rows the group holds (each column is bound as one array and ``unnest``-ed).
+
+Durability. A group holding a create's intent (``in_flight``) commits with the server's
+``synchronous_commit`` (on by default): the intent is on disk before the create is sent, so even
+a crash of the database server cannot forget that a create may have been made. A group of
+outcomes only commits with ``synchronous_commit = off`` for that one transaction: the server
+answers before its WAL reaches the disk. What that can lose, and why create-once still holds:
+- a killed or crashed worker loses nothing: the commit is in the server's memory, visible to
+  every session at once, and written by the WAL writer within ``wal_writer_delay``;
+- a crash of the server itself (or of its machine) can lose the outcome groups committed in
+  the last ``3 x wal_writer_delay`` (600 ms by default). A lost ``created`` leaves that row's
+  durable intent (``in_flight``), which the next run reports as unknown and never sends again;
+  a lost ``updated``, ``rejected`` or ``failed`` leaves the earlier hash, so the row is sent
+  again as an update of its stored id. Nothing is created twice.
 """
 
 from __future__ import annotations
@@ -51,15 +64,16 @@ _UPSERT_POSITIONS = (1, 2, 3, 4, 5, 8, 9, 10, 11)
 _REJECT_POSITIONS = (3, 4, 5, 6, 7)
 
 
-def group_statement(state: SyncState, upserts: bool, rejects: bool, lease: bool) -> str:
-    """The one statement of a group commit (one of eight shapes, each built once per state).
+def group_statement(state: SyncState, upserts: bool, rejects: bool, lease: bool, durable: bool = True) -> str:
+    """The one statement of a group commit (one of sixteen shapes, each built once per state).
 
     :param state: the sync state.
     :param upserts: the group changes state rows.
     :param rejects: the group appends rejects.
     :param lease: the state holds a lease to check and renew.
+    :param durable: wait for the commit to reach the disk (see the module's docstring).
     """
-    name = f"pg_group_{int(upserts)}{int(rejects)}{int(lease)}"
+    name = f"pg_group_{int(upserts)}{int(rejects)}{int(lease)}{int(durable)}"
     cached = state._sql.get(name)
     if cached is not None:
         return cached
@@ -98,20 +112,26 @@ def group_statement(state: SyncState, upserts: bool, rejects: bool, lease: bool)
             "SELECT %s, %s, %s, r.key_digest, r.source_key, r.outcome, r.error_code, r.error_message, %s "
             f"FROM unnest({arrays}) AS r({names}) {gate} RETURNING 1)"
         )
+    relaxed = ""
+    if not durable:
+        # Local to this statement's own transaction; read when it commits.
+        ctes.append("relaxed AS (SELECT set_config('synchronous_commit', 'off', true) AS setting)")
+        relaxed = ", (SELECT setting FROM relaxed)"
     held = "(SELECT COUNT(*) FROM lease)" if lease else "1"
-    statement = f"WITH {', '.join(ctes)} SELECT {held}"
+    statement = f"WITH {', '.join(ctes)} SELECT {held}{relaxed}"
     state._sql[name] = statement
     return statement
 
 
 def apply_in_one_statement(
-    state: SyncState, upserts: list[tuple[Any, ...]], rejects: list[tuple[Any, ...]]
+    state: SyncState, upserts: list[tuple[Any, ...]], rejects: list[tuple[Any, ...]], durable: bool = True
 ) -> None:
     """Commit a group: check and renew the lease, upsert, append rejects, in one statement.
 
     :param state: the sync state (on PostgreSQL, connected in autocommit mode).
     :param upserts: state rows, as :meth:`SyncState.apply` builds them.
     :param rejects: reject rows, likewise.
+    :param durable: the group holds a create's intent: wait for the disk.
     :raises LeaseLostError: another run took the lease over; nothing was written.
     """
     state._leases.refuse_if_lost()
@@ -127,7 +147,7 @@ def apply_in_one_statement(
         first = rejects[0]
         parameters += [first[0], first[1], first[2], first[8]]
         parameters += [[row[i] for row in rejects] for i in _REJECT_POSITIONS]
-    statement = group_statement(state, bool(upserts), bool(rejects), lease is not None)
+    statement = group_statement(state, bool(upserts), bool(rejects), lease is not None, durable)
     cursor = state.connection.cursor()
     try:
         cursor.execute(statement, parameters)

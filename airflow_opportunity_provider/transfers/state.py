@@ -619,7 +619,8 @@ class SyncState:
                         head + f"IN ({self.dialect.markers(len(batch))})", [self.sync_name, *batch]
                     )
                     for row in cursor.fetchall():
-                        found[_text(row[0])] = _record(row)
+                        record = _record(row)
+                        found[record.digest] = record
         finally:
             cursor.close()
         if not self.dialect.autocommit:
@@ -792,7 +793,8 @@ class SyncState:
         if self.dialect.name == "postgresql":
             from airflow_opportunity_provider.transfers.postgres_state import apply_in_one_statement
 
-            apply_in_one_statement(self, upserts, rejects)
+            durable = any(write.outcome == Outcome.IN_FLIGHT for write in merged.values())
+            apply_in_one_statement(self, upserts, rejects, durable)
             return
         with self._write() as cursor:
             if upserts:
@@ -1210,17 +1212,25 @@ def _hint_text(hint: Mapping[str, Any]) -> str:
     return text
 
 
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+
+
 def _record(row: Sequence[Any]) -> StateRecord:
-    digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, attempted_at, hint = map(_text, row)
+    # Called once per looked-up row, in the no-change run's critical path: kept lean.
+    digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, attempted_at, hint = row
+    if type(key) is not str:  # a driver that hands back bytes for binary-collated columns
+        digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint = map(
+            _text, (digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint)
+        )
     return StateRecord(
-        key=key,
-        digest=digest,
-        crm_id=crm_id,
-        payload_hash=payload_hash,
-        outcome=Outcome(outcome),
-        run_id=run_id,
-        error_code=code,
-        outcome_at=outcome_at or "",
-        attempted_at=None if attempted_at is None else float(attempted_at),
-        create_hint=json.loads(hint) if hint else None,
+        key,
+        digest,
+        crm_id,
+        payload_hash,
+        _OUTCOMES[outcome],
+        run_id,
+        code,
+        outcome_at or "",
+        None if attempted_at is None else float(attempted_at),
+        json.loads(hint) if hint else None,
     )

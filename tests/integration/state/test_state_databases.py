@@ -436,3 +436,21 @@ def test_unresolved_returns_only_this_partitions_unknown_and_in_flight_creates(d
     assert seen == expected
     record = next(record for record in whole.unresolved() if record.key == "WH-000001")
     assert (record.outcome, record.attempted_at) == ("unknown", 1.0)
+
+
+@pytest.mark.postgres
+def test_outcome_groups_relax_durability_for_their_own_transaction_only(lease_database: Database) -> None:
+    from airflow_opportunity_provider.transfers import postgres_state
+
+    database = lease_database
+    if database.kind != "postgresql":
+        pytest.skip("synchronous_commit is PostgreSQL's")
+    state = database.state()
+    state.apply([_write("A", Outcome.CREATED, crm_id="1")])  # an outcome group: asynchronous commit
+    cursor = state.connection.cursor()
+    cursor.execute("SHOW synchronous_commit")
+    assert cursor.fetchone()[0] == "on"  # the session keeps the server's setting
+    cursor.close()
+    relaxed = postgres_state.group_statement(state, True, False, False, durable=False)
+    assert "set_config('synchronous_commit', 'off', true)" in relaxed
+    assert "synchronous_commit" not in postgres_state.group_statement(state, True, False, False, durable=True)
