@@ -234,15 +234,9 @@ def _create(state: SyncState, table: str, statement: str) -> None:
         _run(state, statement)
     except Exception:
         # Two partitions starting together may race to create the same table; PostgreSQL
-        # then refuses one of them. The table exists either way: check, and go on.
-        try:
-            columns_of(state, table)
-        except Exception:
-            if not state.dialect.autocommit:
-                state.connection.rollback()
-            raise
-        else:
-            return
+        # then refuses one of them. The table exists either way: check (this raises if it
+        # does not), and go on.
+        columns_of(state, table)
 
 
 def _bare(table: str) -> str:
