@@ -38,26 +38,19 @@ from airflow_opportunity_provider.schemas import (
     check_put_request,
 )
 from airflow_opportunity_provider.transfers.group_commit import StateThread
+from airflow_opportunity_provider.transfers.keys import key_digest, partition_of
+from airflow_opportunity_provider.transfers.outcomes import LOADED, UNRESOLVED, Outcome
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
-from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource, partition_of
-from airflow_opportunity_provider.transfers.state import IN_FLIGHT, StateRecord, StateWrite, SyncState
-from airflow_opportunity_provider.transfers.summary import (
-    CREATED,
-    REJECTED,
-    UNCHANGED,
-    UNKNOWN,
-    UPDATED,
-    RunCounts,
-)
+from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource
+from airflow_opportunity_provider.transfers.state import StateRecord, StateWrite, SyncState
+from airflow_opportunity_provider.transfers.summary import RunCounts
 
 T = TypeVar("T")
 Target = Literal["v1", "v2"]
 
 log = logging.getLogger(__name__)
 
-_LOADED = frozenset({CREATED, UPDATED})
-_UNRESOLVED = frozenset({UNKNOWN, IN_FLIGHT})
 # Let the event loop serve the workers' sockets after this many planned rows.
 _YIELD_EVERY = 64
 # Rows read, mapped and looked up in the state at a time (the first batch is small).
@@ -123,19 +116,19 @@ class RunResult:
         return self.last_commit_at - self.first_request_at
 
 
-def _outcome_of_error(error: OpportunityError) -> tuple[str, str, str]:
+def _outcome_of_error(error: OpportunityError) -> tuple[Outcome, str, str]:
     """``(outcome, code, message)`` of a row whose send raised ``error``: its type decides (``errors``)."""
     if isinstance(error, PayloadValidationError):
-        return error.row_outcome, "schema", error.summary
+        return Outcome(error.row_outcome), "schema", error.summary
     if isinstance(error, OpportunityOutcomeUnknownError):
-        return error.row_outcome, error.code, str(error)
+        return Outcome(error.row_outcome), error.code, str(error)
     if isinstance(error, OpportunityApiError):
-        return error.row_outcome, str(error.code) if error.code is not None else "error", str(error)
+        return Outcome(error.row_outcome), str(error.code) if error.code is not None else "error", str(error)
     if isinstance(error, OpportunityConnectionError):
-        return error.row_outcome, "connection", str(error)
+        return Outcome(error.row_outcome), "connection", str(error)
     if isinstance(error, OpportunityConfigurationError):
-        return error.row_outcome, "configuration", str(error)
-    return error.row_outcome, "error", str(error)
+        return Outcome(error.row_outcome), "configuration", str(error)
+    return Outcome(error.row_outcome), "error", str(error)
 
 
 class _Run:
@@ -211,18 +204,24 @@ class _Run:
 
     async def _mark_interrupted_creates(self) -> None:
         """Turn creates a killed run left in flight into unknowns (of this partition only)."""
-        keys = await self._on_state_thread(self.state.keys_with_outcome, IN_FLIGHT)
+        records = await self._on_state_thread(self.state.unresolved)
         source = self.source
-        mine = [key for key in keys if partition_of(key, source.partition_count) == source.partition_index]
+        mine = [
+            record
+            for record in records
+            if record.outcome == Outcome.IN_FLIGHT
+            and partition_of(record.key, source.partition_count) == source.partition_index
+        ]
         if not mine:
             return
+        keys = [record.key for record in mine]
         self.result.interrupted_creates = len(mine)
         log.warning(
             "%d create(s) were in flight when an earlier run of this sync stopped; their outcome is "
             "unknown and they are not sent again (on_unknown=%r). Keys: %s",
             len(mine),
             self.settings.on_unknown,
-            ", ".join(mine[:20]) + (" ..." if len(mine) > 20 else ""),
+            ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""),
         )
         if not self.settings.dry_run:
             message = "the create was in flight when an earlier run stopped; it may or may not be stored"
@@ -285,10 +284,11 @@ class _Run:
                 reading.exception()
 
     async def _plan_batch(self, rows: list[SourceRow], sending: bool) -> None:
-        keys = [row.key for row in rows if row.problem is None]
+        digests = {row.key: key_digest(row.key) for row in rows if row.problem is None}
         self._lookup_generation += 1
         generation = self._lookup_generation
-        records = await self._on_state_thread(self.state.lookup, keys) if keys else {}
+        found = await self._on_state_thread(self.state.lookup, list(digests.values())) if digests else {}
+        records = {key: found[digest] for key, digest in digests.items() if digest in found}
         # Keys whose outcome was queued before this lookup are visible in it from now on.
         for key, queued_at in list(self._pending_keys.items()):
             if queued_at is not None and queued_at < generation:
@@ -308,7 +308,7 @@ class _Run:
         """Decide one row's fate: counted now, or returned as work for a worker."""
         if row.problem is not None:
             code, message = row.problem
-            self._finish_unsent(sending, row.key, REJECTED, code, message, row.payload_hash)
+            self._finish_unsent(sending, row.key, Outcome.REJECTED, code, message, row.payload_hash)
             return None
         payload, digest = row.payload, row.payload_hash
         assert payload is not None
@@ -319,27 +319,27 @@ class _Run:
             # The same key twice in one run: sending both could create the record twice.
             message = "the key appears more than once in the query result; only its first row is loaded"
             self._finish_unsent(
-                sending, row.key, REJECTED, "duplicate_key", message, None, update_state=False
+                sending, row.key, Outcome.REJECTED, "duplicate_key", message, None, update_state=False
             )
             return None
-        if record is not None and record.outcome in _UNRESOLVED and self.settings.on_unknown == "skip":
+        if record is not None and record.outcome in UNRESOLVED and self.settings.on_unknown == "skip":
             message = (
                 "an earlier create of this row may or may not be stored; it is not sent again. Check the "
                 "CRM and record the id (SyncState.resolve), or set on_unknown='resend'"
             )
             self._finish_unsent(
-                sending, row.key, UNKNOWN, "outcome_unknown", message, None, update_state=False
+                sending, row.key, Outcome.UNKNOWN, "outcome_unknown", message, None, update_state=False
             )
             return None
-        if record is not None and record.outcome in _LOADED and record.payload_hash == digest:
-            self.counts.add(UNCHANGED)
+        if record is not None and record.outcome in LOADED and record.payload_hash == digest:
+            self.counts.add(Outcome.UNCHANGED)
             return None
         work = self._work_for(row.key, payload, digest, record)
         if isinstance(work, str):
-            self._finish_unsent(sending, row.key, REJECTED, "schema", work, digest)
+            self._finish_unsent(sending, row.key, Outcome.REJECTED, "schema", work, digest)
             return None
         if not sending:  # dry run: count what would happen
-            self.counts.add(CREATED if work.creates else UPDATED)
+            self.counts.add(Outcome.CREATED if work.creates else Outcome.UPDATED)
             return None
         return work
 
@@ -353,7 +353,7 @@ class _Run:
                     "id" not in payload
                     and record is not None
                     and record.crm_id
-                    and record.outcome not in _UNRESOLVED
+                    and record.outcome not in UNRESOLVED
                 ):
                     # Create-once: a row created before is from now on an update of that record.
                     payload = {**payload, "id": record.crm_id}
@@ -367,7 +367,7 @@ class _Run:
         self,
         sending: bool,
         key: str,
-        outcome: str,
+        outcome: Outcome,
         code: str,
         message: str,
         digest: str | None,
@@ -381,6 +381,7 @@ class _Run:
             self.state_thread.submit(
                 StateWrite(
                     key,
+                    key_digest(key),
                     outcome,
                     payload_hash=digest,
                     error_code=code,
@@ -427,7 +428,7 @@ class _Run:
         A row's key stays pending until a lookup queued after its outcome can see it.
         """
         for outcome in outcomes:
-            self._pending_keys[outcome.source_key] = self._lookup_generation
+            self._pending_keys[outcome.key] = self._lookup_generation
         await writer.write(*outcomes, *([intent] if intent is not None else []))
 
     async def _send_one(
@@ -437,11 +438,19 @@ class _Run:
         if work.creates:
             # Durable before the request leaves: a kill from here on leaves an in-flight trace.
             await self._write(
-                writer, *carry, intent=StateWrite(work.key, IN_FLIGHT, payload_hash=work.payload_hash)
+                writer,
+                *carry,
+                intent=StateWrite(
+                    work.key,
+                    key_digest(work.key),
+                    Outcome.IN_FLIGHT,
+                    payload_hash=work.payload_hash,
+                    attempted_at=time.time(),
+                ),
             )
         elif carry:
             await self._write(writer, *carry)
-        outcome, crm_id, code, message = UPDATED, None, "", ""
+        outcome, crm_id, code, message = Outcome.UPDATED, None, "", ""
         fatal: BaseException | None = None
         if self.result.first_request_at is None:
             self.result.first_request_at = time.monotonic()
@@ -449,22 +458,25 @@ class _Run:
             request = work.request
             if isinstance(request, CheckedV1Payload):
                 new_id = await client.add_or_update_opportunity(request)
-                outcome, crm_id = (CREATED if work.creates else UPDATED), str(new_id)
+                outcome, crm_id = (Outcome.CREATED if work.creates else Outcome.UPDATED), str(new_id)
             else:
                 await client.put_opportunity_request(request)
-                outcome, crm_id = UPDATED, f"{request.opportunity_id}/{request.opportunity_type}"
+                outcome, crm_id = Outcome.UPDATED, f"{request.opportunity_id}/{request.opportunity_type}"
         except OpportunityError as error:
             outcome, code, message = _outcome_of_error(error)
             if error.stops_load:
                 # Every other row would fail the same way: record this one, then stop the load.
                 fatal = error
-        if outcome in (CREATED, UPDATED):
+        if outcome in (Outcome.CREATED, Outcome.UPDATED):
             self.counts.add(outcome)
-            result = StateWrite(work.key, outcome, payload_hash=work.payload_hash, crm_id=crm_id)
+            result = StateWrite(
+                work.key, key_digest(work.key), outcome, payload_hash=work.payload_hash, crm_id=crm_id
+            )
         else:
             self.counts.add(outcome, work.key, code, message)
             result = StateWrite(
                 work.key,
+                key_digest(work.key),
                 outcome,
                 payload_hash=work.payload_hash,
                 error_code=code,

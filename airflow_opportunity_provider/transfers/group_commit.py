@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from airflow_opportunity_provider.errors import OpportunityError
-from airflow_opportunity_provider.transfers.state import StateWrite, SyncState, is_busy
+from airflow_opportunity_provider.transfers.sqlite_state import is_busy
+from airflow_opportunity_provider.transfers.state import LeaseLostError, StateWrite, SyncState
 
 T = TypeVar("T")
 
@@ -131,9 +132,17 @@ class StateThread:
         return True
 
     def raise_if_failed(self) -> None:
-        """Raise when an earlier group could not be committed: nothing more may be sent."""
-        if self.error is not None:
-            raise OpportunityError(f"The sync state could not be written: {self.error}") from self.error
+        """Raise when an earlier group could not be committed: nothing more may be sent.
+
+        A lost lease is raised as a :class:`LeaseLostError`, so the caller can tell that another
+        run took the partition over.
+        """
+        error = self.error
+        if error is None:
+            return
+        if isinstance(error, LeaseLostError):
+            raise LeaseLostError(str(error)) from error
+        raise OpportunityError(f"The sync state could not be written: {error}") from error
 
     def stop_loop_writer(self) -> None:
         """Commit what the event loop gathered and close its connection; every write goes to the thread after.

@@ -2,7 +2,8 @@
 
 The query runs on any Airflow SQL connection (``DbApiHook``) and is read with ``fetchmany``,
 through a server-side cursor on PostgreSQL, so the whole result is never in memory. A row
-belongs to partition ``stable_hash(key) % partition_count``: the same on every machine and run.
+belongs to partition ``stable_hash(key) % partition_count``: the same on every machine and run
+(see ``keys``).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_opportunity_provider.errors import OpportunityConfigurationError
 from airflow_opportunity_provider.serialization import dumps
-from airflow_opportunity_provider.transfers.state import MAX_SOURCE_KEY
+from airflow_opportunity_provider.transfers.keys import KeyEncodingError, encode_key, partition_of
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
 Mapping_ = Mapping[str, str] | Callable[[dict[str, Any]], Mapping[str, Any]]
+
+__all__ = ["SourceRow", "SqlSource", "get_db_hook", "partition_of", "payload_hash"]
 
 
 def get_db_hook(conn_id: str, *, purpose: str) -> DbApiHook:
@@ -40,32 +43,6 @@ def get_db_hook(conn_id: str, *, purpose: str) -> DbApiHook:
             "connection whose provider has a DbApiHook (sqlite, postgres, mysql, snowflake, ...)."
         )
     return hook
-
-
-def source_key(values: Sequence[Any]) -> str:
-    """The text that names a row: the key value itself for one column, a JSON list for several.
-
-    :param values: the row's key column values, in ``key_columns`` order.
-    """
-    if len(values) == 1:
-        value = values[0]
-        return value if isinstance(value, str) else dumps(value).strip('"')
-    return dumps(list(values))
-
-
-def partition_of(key: str, partition_count: int) -> int:
-    """The partition a key belongs to: the first 8 bytes of its BLAKE2b digest, modulo the count.
-
-    Python's ``hash()`` is salted per process, so it would put a key in different partitions on
-    different workers; this digest is the same everywhere, forever.
-
-    :param key: the row's source key.
-    :param partition_count: how many partitions the sync is spread over.
-    """
-    if partition_count <= 1:
-        return 0
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % partition_count
 
 
 def payload_hash(payload: Mapping[str, Any]) -> str:
@@ -229,13 +206,14 @@ class SqlSource:
             if self.partition_index:
                 return None
             return SourceRow("", None, None, ("key", f"a key column is NULL ({self.key_columns})"))
-        key = source_key(key_values)
+        try:
+            key = encode_key(key_values, self.key_columns)
+        except KeyEncodingError as error:
+            if self.partition_index:
+                return None
+            return SourceRow("", None, None, ("key", str(error)))
         if self.partition_count > 1 and partition_of(key, self.partition_count) != self.partition_index:
             return None
-        if len(key) > MAX_SOURCE_KEY:
-            return SourceRow(
-                key[:MAX_SOURCE_KEY], None, None, ("key", f"key longer than {MAX_SOURCE_KEY} characters")
-            )
         try:
             payload = self._map(raw)
             return SourceRow(key, payload, payload_hash(payload))

@@ -12,15 +12,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_opportunity_provider.errors import OpportunityError
+from airflow_opportunity_provider.transfers.outcomes import Outcome
 
-# Per-row outcomes. ``failed`` is a transient loss after every retry; the row is sent again.
-CREATED = "created"
-UPDATED = "updated"
-UNCHANGED = "unchanged"
-REJECTED = "rejected"
-UNKNOWN = "unknown"
-FAILED = "failed"
-OUTCOMES = (CREATED, UPDATED, UNCHANGED, REJECTED, UNKNOWN, FAILED)
+# The outcomes a run counts (``in_flight`` is only stored). ``failed`` is a transient loss after
+# every retry; the row is sent again. Plain strings: the summary's keys go to XCom and logs.
+OUTCOMES: tuple[str, ...] = tuple(
+    outcome.value
+    for outcome in (
+        Outcome.CREATED,
+        Outcome.UPDATED,
+        Outcome.UNCHANGED,
+        Outcome.REJECTED,
+        Outcome.UNKNOWN,
+        Outcome.FAILED,
+    )
+)
+_PROBLEMS = frozenset({Outcome.REJECTED, Outcome.UNKNOWN, Outcome.FAILED})
 
 # How many rejected rows the log and a failure message show, with their reasons.
 SHOWN_REJECTS = 10
@@ -60,7 +67,7 @@ class RunCounts:
         :param message: its reason.
         """
         self.outcomes[outcome] += 1
-        if outcome in (REJECTED, UNKNOWN, FAILED) and len(self.shown_rejects) < SHOWN_REJECTS:
+        if outcome in _PROBLEMS and len(self.shown_rejects) < SHOWN_REJECTS:
             self.shown_rejects.append((source_key, f"{outcome} {code}".strip(), _brief(message)))
 
     @property
@@ -104,8 +111,8 @@ def verdict(summary: Mapping[str, Any], max_rejected: Threshold, max_unknown: Th
     :param max_unknown: the most outcome-unknown rows allowed (count or share of the rows).
     """
     rows = int(summary["rows"])
-    loaded = summary[CREATED] + summary[UPDATED] + summary[UNCHANGED]
-    rejected, unknown, failed = summary[REJECTED], summary[UNKNOWN], summary[FAILED]
+    loaded = summary[Outcome.CREATED] + summary[Outcome.UPDATED] + summary[Outcome.UNCHANGED]
+    rejected, unknown, failed = summary[Outcome.REJECTED], summary[Outcome.UNKNOWN], summary[Outcome.FAILED]
     if rows and not loaded:
         return f"none of the {rows} rows loaded (rejected {rejected}, unknown {unknown}, failed {failed})"
     if failed:
@@ -145,7 +152,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     if shown:
         lines.append("First problems (source key: outcome code: reason):")
         lines.extend(f"  - {key}: {code}: {reason}" for key, code, reason in shown)
-    if summary.get("rejects_table") and (summary[REJECTED] or summary[UNKNOWN] or summary[FAILED]):
+    if summary.get("rejects_table") and (
+        summary[Outcome.REJECTED] or summary[Outcome.UNKNOWN] or summary[Outcome.FAILED]
+    ):
         lines.append(
             f"Every problem row is in {summary['rejects_table']} with sync_run_id {summary['sync_run_id']!r}."
         )

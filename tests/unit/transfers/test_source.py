@@ -1,36 +1,16 @@
-"""The source reader: stable partitions, row keys, payload hashes, chunked reading and mapping."""
+"""The source reader: payload hashes, chunked reading and mapping, keys that name no row (the key
+encoding and partitions themselves are in test_keys)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections import Counter
-from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from airflow_opportunity_provider.errors import OpportunityConfigurationError
-from airflow_opportunity_provider.transfers.source import SqlSource, partition_of, payload_hash, source_key
-
-
-def test_partitions_are_stable_across_processes_and_spread_evenly() -> None:
-    # Pinned values: the same key must land in the same partition on every worker, forever
-    # (Python's hash() would differ from one process to the next).
-    assert [partition_of(f"WH-{n:06d}", 4) for n in range(1, 9)] == [2, 1, 0, 3, 0, 0, 2, 2]
-    assert partition_of('[1,"Pre"]', 7) == 3
-    assert partition_of("anything", 1) == 0
-    spread = Counter(partition_of(f"key-{n}", 4) for n in range(4000))
-    assert set(spread) == {0, 1, 2, 3}
-    assert min(spread.values()) > 900
-
-
-def test_source_key_is_the_value_for_one_column_and_json_for_several() -> None:
-    assert source_key(["WH-000001"]) == "WH-000001"
-    assert source_key([42]) == "42"
-    assert source_key([Decimal("1.50")]) == "1.50"
-    assert source_key([date(2026, 1, 2)]) == "2026-01-02"
-    assert source_key([1, "Pre"]) == '[1,"Pre"]'
+from airflow_opportunity_provider.transfers.source import SqlSource, payload_hash
 
 
 def test_payload_hash_ignores_key_order_and_sees_every_digit() -> None:
@@ -147,3 +127,18 @@ def test_count_rows_counts_the_whole_query_on_its_own_connection(database: str) 
         _FakeHook(lambda: sqlite3.connect(database)), "SELECT nonsense", key_columns=["a"], mapping={}
     )  # type: ignore[arg-type]
     assert broken.count_rows() is None
+
+
+def test_a_key_that_names_no_row_is_a_problem_of_that_row_and_long_keys_stay_whole(tmp_path: Any) -> None:
+    path = str(tmp_path / "keys.db")
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE t (ref, name TEXT)")
+        connection.executemany(
+            "INSERT INTO t VALUES (?, ?)", [("x" * 10_000, "long"), (float("inf"), "inf"), ("ok", "fine")]
+        )
+    hook = _FakeHook(lambda: sqlite3.connect(path))
+    rows = _read_all(SqlSource(hook, "SELECT * FROM t", key_columns=["ref"], mapping={"name": "name"}))  # type: ignore[arg-type]
+    keys = [row.key for row in rows]
+    assert "x" * 10_000 in keys
+    problems = [row.problem for row in rows if row.problem]
+    assert problems == [("key", "key column 'ref' is inf, which names no row")]
