@@ -1,7 +1,7 @@
 """Fixtures of the page's tests: sample sync states, a real API server with the plugin, and Chromium.
 
-The API server and the browser start once per test session; each browser test gets a fresh
-context, logged in through the real login page once and reused from its saved cookies.
+The API server starts once per test session and the browser once per module; each browser test
+gets a fresh context, logged in through the real login page once and reused from its saved cookies.
 """
 
 from __future__ import annotations
@@ -102,9 +102,13 @@ def _chromium_missing_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium, headless, driven by Playwright."""
+    """Debian's Chromium, headless, driven by Playwright.
+
+    Module-scoped on purpose: Playwright's sync API keeps an asyncio loop running on this thread
+    while it is open, and the later tests that call ``asyncio.run`` must not see it.
+    """
     reason = _chromium_missing_reason()
     if reason:
         pytest.skip(reason)

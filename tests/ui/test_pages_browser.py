@@ -25,7 +25,7 @@ FRAME = 'iframe[title="Opportunity syncs"]'
 VIEWPORT = {"width": 1440, "height": 900}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def logged_in(browser: Any, deployment: Deployment) -> dict[str, Any]:
     """The cookies of a browser that logged in as the admin through the login page."""
     context = browser.new_context(viewport=VIEWPORT)
