@@ -226,7 +226,6 @@ def syncs_page(request: Request, user: GetUserDep) -> HTMLResponse:
             "syncs.html",
             listing=listing,
             locations=[sync_states.location_of(state_id) for state_id in state_ids],
-            runs_complete=False,
             **_page_context(request, user),
         )
     )

@@ -305,7 +305,7 @@ def list_syncs(state_ids: Sequence[str]) -> SyncList:
         except Exception as error:
             log.warning("Could not read %s", location.description, exc_info=True)
             unreachable.append(UnreachableState(location, _safe_reason(error)))
-    return SyncList(syncs, unreachable)
+    return SyncList(syncs, unreachable, runs_complete=False)
 
 
 def _problems(

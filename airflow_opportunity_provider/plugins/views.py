@@ -198,7 +198,9 @@ class SyncList:
 
     :param syncs: the syncs, by state then name.
     :param unreachable: the states that could not be read.
+    :param runs_complete: as :attr:`SyncDetail.runs_complete`, for the last runs listed.
     """
 
     syncs: list[SyncRow]
     unreachable: list[UnreachableState] = field(default_factory=list)
+    runs_complete: bool = False

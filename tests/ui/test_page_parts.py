@@ -104,9 +104,7 @@ def test_every_value_from_a_state_is_escaped_on_every_page() -> None:
     detail = _detail()
     listing = SyncList([detail.sync], [UnreachableState(StateLocation("x", "x", HOSTILE), HOSTILE)])
     pages = [
-        render(
-            "syncs.html", listing=listing, locations=[detail.sync.location], runs_complete=False, **_context()
-        ),
+        render("syncs.html", listing=listing, locations=[detail.sync.location], **_context()),
         render("sync.html", detail=detail, **_context()),
         render("forget.html", detail=detail, **_context()),
     ]
