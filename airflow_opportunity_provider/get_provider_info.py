@@ -1,4 +1,4 @@
-"""What Airflow reads about this provider: its name, hook, connection type and connection form.
+"""What Airflow reads about this provider: its name, hook, connection type and form, plugin and options.
 
 Kept free of imports beyond the standard library: a provider whose ``get_provider_info()``
 raises breaks every ``airflow`` command.
@@ -45,6 +45,31 @@ def get_provider_info() -> dict[str, Any]:
                 "python-module": "airflow_opportunity_provider.transfers.sql_to_opportunity",
             }
         ],
+        "plugins": [
+            {
+                "name": "opportunity_syncs",
+                "plugin-class": "airflow_opportunity_provider.plugins.plugin.OpportunitySyncsPlugin",
+            }
+        ],
+        "config": {
+            "opportunity_crm": {
+                "description": "Options of the Opportunity CRM provider.",
+                "options": {
+                    "state_conn_ids": {
+                        "description": (
+                            "Comma-separated ids of the SQL connections whose sync states (the "
+                            "`state_conn_id` of SqlToOpportunityOperator) the Opportunity syncs page "
+                            "shows. The local SQLite state, $AIRFLOW_HOME/opportunity_sync/state.db, "
+                            "is always shown."
+                        ),
+                        "version_added": "0.1.0",
+                        "type": "string",
+                        "example": "sync_state_pg,warehouse_state",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "opportunity_crm",
