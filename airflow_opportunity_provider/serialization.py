@@ -20,7 +20,12 @@ _MARKER = "\x00decimal:"
 _MARKED = re.compile(r'"\\u0000decimal:([^"]*)"')
 
 
-def _plain(value: Any) -> Any:
+def _default(value: Any) -> Any:
+    """What ``json`` cannot write itself: a Decimal as its marked digits, a date as ``yyyy-MM-dd``.
+
+    Used as ``json.dumps(default=...)``, it is only called for such values, so a payload of plain
+    JSON types costs nothing beyond the C encoder.
+    """
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{value} cannot be sent: JSON numbers must be finite")
@@ -30,10 +35,8 @@ def _plain(value: Any) -> Any:
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return value
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> str:
@@ -43,7 +46,12 @@ def dumps(value: Any, *, sort_keys: bool = False) -> str:
     :param sort_keys: order keys, for a canonical text to hash.
     """
     text = json.dumps(
-        _plain(value), separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=sort_keys
+        value,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        sort_keys=sort_keys,
+        default=_default,
     )
     if _MARKER[1:] in text:
         text = _MARKED.sub(r"\1", text)

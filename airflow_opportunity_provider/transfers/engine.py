@@ -1,12 +1,15 @@
-"""The bulk-load engine: plan each source row against the sync state, send with bounded concurrency.
+"""The bulk-load engine: holds the sync partition's lease, carries out the planner's decision for
+each row, and sends with bounded concurrency.
 
-One asyncio event loop runs a planner (diffs each chunk against the state and validates) and
-``concurrency`` workers that share one HTTP client and one rate limiter. Every state change
-goes through the state thread, which commits in groups (a local SQLite state commits small
-groups on the event loop's thread instead, see ``group_commit``); a worker waits for its row's
-commit before its next request leaves, so a killed run leaves at most ``concurrency`` creates
-in flight. The client paces the requests over the round trip (``RequestPacer``), so that the
-workers do not send, and get their answers, in bursts.
+One asyncio event loop reads batches of rows (on the source thread, which also marks keys seen
+before in the run), looks their keys up in the state (on the state thread) one batch ahead,
+asks ``planner.plan`` what each row needs, and hands the rows to send to ``concurrency``
+workers that share one HTTP client and one rate limiter. Every state change goes through the
+state thread, which commits in groups and checks the lease in each commit; a worker commits a
+create's in-flight mark (with its previous row's outcome) before the create leaves, so a killed
+run leaves at most ``concurrency`` creates unresolved, and a run that lost its lease can send no
+create at all. At the end the run counts every unresolved create of its partition from the
+state, records itself in the runs table and frees the lease.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 from airflow_opportunity_provider.errors import (
@@ -31,20 +35,31 @@ from airflow_opportunity_provider.errors import (
     PayloadValidationError,
 )
 from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClient
-from airflow_opportunity_provider.schemas import (
-    CheckedPutRequest,
-    CheckedV1Payload,
-    check_add_or_update_payload,
-    check_put_request,
-)
+from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload
 from airflow_opportunity_provider.transfers.group_commit import StateThread
-from airflow_opportunity_provider.transfers.keys import key_digest, partition_of
-from airflow_opportunity_provider.transfers.outcomes import LOADED, UNRESOLVED, Outcome
+from airflow_opportunity_provider.transfers.keys import key_digest
+from airflow_opportunity_provider.transfers.outcomes import Outcome
+from airflow_opportunity_provider.transfers.planner import (
+    OUTCOME_UNKNOWN,
+    UNKNOWN_MESSAGE,
+    Action,
+    Decision,
+    Policy,
+    Write,
+    plan,
+)
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
+from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
 from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource
-from airflow_opportunity_provider.transfers.state import StateRecord, StateWrite, SyncState
-from airflow_opportunity_provider.transfers.summary import RunCounts
+from airflow_opportunity_provider.transfers.state import (
+    LeaseLostError,
+    RunRecord,
+    StateRecord,
+    StateWrite,
+    SyncState,
+)
+from airflow_opportunity_provider.transfers.summary import SHOWN_REJECTS, RunCounts, SyncSummary, Threshold
 
 T = TypeVar("T")
 Target = Literal["v1", "v2"]
@@ -56,6 +71,11 @@ _YIELD_EVERY = 64
 # Rows read, mapped and looked up in the state at a time (the first batch is small).
 _PLAN_BATCH = 500
 _FIRST_BATCH = 50
+# The lease is renewed this many times within its lifetime.
+_RENEWALS_PER_LEASE = 3
+# The create-hint fields: enough to look a lost create up in the CRM later.
+_HINT_FIELDS = ("venueId", "name")
+DEFAULT_LEASE_SECONDS = 120.0
 
 
 @dataclass
@@ -70,6 +90,12 @@ class EngineSettings:
     :param dry_run: plan and count, send and write nothing.
     :param progress_interval: seconds between progress lines.
     :param total_rows: the query's row count for the progress estimate, when known.
+    :param lease_seconds: how long the partition's lease lasts without renewal.
+    :param lease_wait_seconds: how long to wait for another run's lease before failing.
+    :param max_rejected: the most rejected rows the verdict allows.
+    :param max_unknown: the most unresolved creates the verdict allows.
+    :param dag_id: the DAG of the run, for the runs table.
+    :param task_id: the task of the run, for the runs table.
     """
 
     target: Target
@@ -80,6 +106,12 @@ class EngineSettings:
     dry_run: bool = False
     progress_interval: float = 10.0
     total_rows: int | None = None
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    lease_wait_seconds: float = 0.0
+    max_rejected: Threshold = 0
+    max_unknown: Threshold = 0
+    dag_id: str | None = None
+    task_id: str | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +119,7 @@ class _Work:
     """A row to send: the request as checked once against its schema, and whether it creates a record."""
 
     key: str
+    digest: str
     request: CheckedV1Payload | CheckedPutRequest
     payload_hash: str
     creates: bool
@@ -94,7 +127,7 @@ class _Work:
 
 @dataclass
 class RunResult:
-    """What :func:`run_sync` hands back: the counts, the client's request figures, a fatal error."""
+    """What :func:`run_sync` hands back: the counts, the request figures, a fatal error, the summary."""
 
     counts: RunCounts
     requests_sent: int = 0
@@ -103,10 +136,14 @@ class RunResult:
     rate_limit_pauses: int = 0
     fatal: BaseException | None = None
     interrupted_creates: int = 0
+    #: Every unresolved create of the partition in the state when the run ended.
+    unresolved: list[StateRecord] = field(default_factory=list)
     #: ``time.monotonic()`` when the first request left, and when the last row's state was
     #: committed after it: the load itself, without setting up or closing anything.
     first_request_at: float | None = None
     last_commit_at: float | None = None
+    started_at: str | None = None
+    summary: SyncSummary | None = None
 
     @property
     def load_seconds(self) -> float | None:
@@ -131,6 +168,24 @@ def _outcome_of_error(error: OpportunityError) -> tuple[Outcome, str, str]:
     return Outcome(error.row_outcome), "error", str(error)
 
 
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _unresolved_message(record: StateRecord) -> str:
+    """Why a stored create is unresolved, for the rejects table and the summary."""
+    since = f", recorded as {record.error_code}" if record.error_code else ""
+    return f"{UNKNOWN_MESSAGE} (unresolved since {record.outcome_at or 'an earlier run'}{since})"
+
+
+def _create_hint(request: CheckedV1Payload | CheckedPutRequest) -> dict[str, Any] | None:
+    """What a lost create can later be looked up by in the CRM: its venue and name."""
+    if not isinstance(request, CheckedV1Payload):
+        return None
+    fields = request.fields
+    return {name: str(fields[name]) for name in _HINT_FIELDS if fields.get(name) not in (None, "")}
+
+
 class _Run:
     """One run of the engine; see :func:`run_sync`."""
 
@@ -147,20 +202,20 @@ class _Run:
         self.state = state
         self.client = client
         self.progress = progress
+        self.policy = Policy(settings.target, settings.on_unknown)
+        self.sending = not settings.dry_run and client is not None
         self.counts = RunCounts()
-        self.result = RunResult(self.counts)
-        # A DB-API connection must stay on the thread that opened it: the source gets one thread,
-        # the state another (created in run(), on the event loop).
+        self.result = RunResult(self.counts, started_at=_utc_now())
+        # A DB-API connection must stay on the thread that opened it: the source (and the keys
+        # seen so far) get one thread, the state another (created in run(), on the event loop).
         self._source_thread = ThreadPoolExecutor(1, thread_name_prefix="opportunity-sync-source")
+        self._seen: SeenKeys | None = None
         self.state_thread: StateThread | None = None
         self._queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=settings.concurrency * 4)
-        # A key found twice in the source must never be sent twice (two creates). Once its first
-        # outcome is in the state, the state's run id tells; until a lookup can see that write,
-        # the key is kept here: key -> None while in flight, or the lookup generation current
-        # when its outcome write was queued (lookups from the next generation on see it).
-        self._pending_keys: dict[str, int | None] = {}
-        self._lookup_generation = 0
         self._abort: BaseException | None = None
+        self._leased = False
+        # Keys whose unknown outcome this run already wrote to the rejects table.
+        self._logged_unknown: set[str] = set()
 
     async def _on_state_thread(self, function: Callable[..., T], *args: Any) -> T:
         assert self.state_thread is not None
@@ -173,64 +228,100 @@ class _Run:
 
     async def run(self) -> RunResult:
         self.state_thread = StateThread(self.state, asyncio.get_running_loop())
+        renewing: asyncio.Task[None] | None = None
         try:
-            await self._on_state_thread(self.state.open)
-            if not self.settings.dry_run and self.client is not None:
-                await self.state_thread.start_loop_writer()
-            await self._on_source_thread(self.source.open)
-            await self._mark_interrupted_creates()
-            if self.settings.dry_run or self.client is None:
-                await self._plan_all()
-            else:
-                await self._send_all(self.client)
-        except BaseException as error:
-            self.result.fatal = error
+            try:
+                await self._on_state_thread(self.state.open)
+                if not self.settings.dry_run:
+                    settings = self.settings
+                    await self._on_state_thread(
+                        lambda: self.state.acquire_lease(
+                            settings.lease_seconds, wait_seconds=settings.lease_wait_seconds
+                        )
+                    )
+                    self._leased = True
+                    renewing = asyncio.create_task(self._renew_lease())
+                if self.sending:
+                    await self.state_thread.start_loop_writer()
+                await self._on_source_thread(self._open_source)
+                await self._mark_interrupted_creates()
+                if self.sending:
+                    assert self.client is not None
+                    await self._send_all(self.client)
+                else:
+                    await self._plan_all()
+            except BaseException as error:
+                self.result.fatal = error
+            finally:
+                if renewing is not None:
+                    renewing.cancel()
+                self.counts.rows_read = self.source.rows_read
+                self.counts.finished = time.monotonic()
+                self._collect_client_figures()
+            await self._finish()
         finally:
-            self.counts.rows_read = self.source.rows_read
-            self.counts.finished = time.monotonic()
-            await self._on_source_thread(self.source.close)
+            await self._on_source_thread(self._close_source)
             self.state_thread.stop_loop_writer()
             await self._on_state_thread(self.state.close)
             await self.state_thread.close()
             self._source_thread.shutdown(wait=True)
-        if self.client is not None:
-            self.result.requests_sent = self.client.requests_sent
-            self.result.retries = self.client.retries
-            self.result.rate_limited_answers = self.client.rate_limited
-            gate = self.client.gate
-            if isinstance(gate, SharedRateLimiter):
-                self.result.rate_limit_pauses = gate.pauses
         return self.result
 
-    async def _mark_interrupted_creates(self) -> None:
-        """Turn creates a killed run left in flight into unknowns (of this partition only)."""
-        records = await self._on_state_thread(self.state.unresolved)
-        source = self.source
-        mine = [
-            record
-            for record in records
-            if record.outcome == Outcome.IN_FLIGHT
-            and partition_of(record.key, source.partition_count) == source.partition_index
-        ]
-        if not mine:
+    def _open_source(self) -> None:
+        self._seen = SeenKeys()
+        self.source.open()
+
+    def _close_source(self) -> None:
+        try:
+            self.source.close()
+        finally:
+            if self._seen is not None:
+                self._seen.close()
+
+    def _collect_client_figures(self) -> None:
+        client = self.client
+        if client is None:
             return
-        keys = [record.key for record in mine]
-        self.result.interrupted_creates = len(mine)
+        self.result.requests_sent = client.requests_sent
+        self.result.retries = client.retries
+        self.result.rate_limited_answers = client.rate_limited
+        if isinstance(client.gate, SharedRateLimiter):
+            self.result.rate_limit_pauses = client.gate.pauses
+
+    async def _renew_lease(self) -> None:
+        """Keep the partition's lease while the run goes; a lost lease stops the load."""
+        interval = self.settings.lease_seconds / _RENEWALS_PER_LEASE
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._on_state_thread(self.state.renew_lease)
+            except LeaseLostError as error:
+                self._abort = self._abort or error
+                return
+
+    async def _mark_interrupted_creates(self) -> None:
+        """Turn creates an earlier run left in flight into unknowns (this partition's only)."""
+        records = await self._on_state_thread(self.state.unresolved)
+        interrupted = [record for record in records if record.outcome == Outcome.IN_FLIGHT]
+        if not interrupted:
+            return
+        keys = [record.key for record in interrupted]
+        self.result.interrupted_creates = len(interrupted)
         log.warning(
             "%d create(s) were in flight when an earlier run of this sync stopped; their outcome is "
             "unknown and they are not sent again (on_unknown=%r). Keys: %s",
-            len(mine),
+            len(interrupted),
             self.settings.on_unknown,
             ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""),
         )
         if not self.settings.dry_run:
             message = "the create was in flight when an earlier run stopped; it may or may not be stored"
-            await self._on_state_thread(self.state.mark_unknown, mine, "interrupted", message)
+            await self._on_state_thread(self.state.mark_unknown, interrupted, "interrupted", message)
 
     async def _plan_all(self) -> None:
         progress = asyncio.create_task(self.progress.run(self.counts))
         try:
-            await self._plan(sending=False)
+            await self._plan()
         finally:
             progress.cancel()
 
@@ -239,7 +330,7 @@ class _Run:
         async with client:
             workers = [asyncio.create_task(self._worker(client)) for _ in range(self.settings.concurrency)]
             try:
-                await self._plan(sending=True)
+                await self._plan()
             except BaseException as error:
                 self._abort = self._abort or error
             finally:
@@ -249,147 +340,220 @@ class _Run:
                 progress.cancel()
         if self._abort is not None:
             raise self._abort
-        assert self.state_thread is not None
-        # Rows never sent were queued without waiting; make sure their writes are in.
-        await self._on_state_thread(lambda: None)
-        self.state_thread.raise_if_failed()
+        await self._flush_writes()
         if self.result.first_request_at is not None:
             self.result.last_commit_at = time.monotonic()
 
+    async def _flush_writes(self) -> None:
+        """Wait until every write queued so far is committed (or raise why it could not be)."""
+        assert self.state_thread is not None
+        await self._on_state_thread(lambda: None)
+        self.state_thread.raise_if_failed()
+
+    async def _finish(self) -> None:
+        """Count the partition's unresolved creates from the state, summarize, record the run, free the lease."""
+        result = self.result
+        try:
+            result.unresolved = await self._on_state_thread(self.state.unresolved)
+            if self.sending and self._leased and result.fatal is None:
+                # Unresolved creates this run did not touch (skipped, or not in the query this
+                # time) are problems of this run too: the rejects table names every one.
+                self._log_unresolved(result.unresolved)
+                await self._flush_writes()
+        except BaseException as error:
+            result.fatal = result.fatal or error
+        summary = self._summary()
+        result.summary = summary
+        if not self.settings.dry_run:
+            try:
+                await self._on_state_thread(self.state.record_run, self._run_record(summary))
+            except Exception as error:  # the run's own outcome matters more than its record
+                log.warning("The run could not be recorded in the runs table: %s", error)
+        if self._leased:
+            with contextlib.suppress(Exception):
+                await self._on_state_thread(self.state.release_lease)
+
+    def _log_unresolved(self, records: list[StateRecord]) -> None:
+        assert self.state_thread is not None
+        writes = [
+            StateWrite(
+                record.key,
+                record.digest,
+                Outcome.UNKNOWN,
+                error_code=OUTCOME_UNKNOWN,
+                error_message=_unresolved_message(record),
+                reject=True,
+                update_state=False,
+            )
+            for record in records
+            if record.digest not in self._logged_unknown
+        ]
+        if writes:
+            self.state_thread.submit(*writes)
+
+    def _summary(self) -> SyncSummary:
+        result, counts, settings, state = self.result, self.counts, self.settings, self.state
+        duration = counts.elapsed()
+        problems = [list(problem) for problem in counts.shown_rejects]
+        shown = {problem[0] for problem in problems}
+        for record in result.unresolved:
+            if len(problems) >= SHOWN_REJECTS:
+                break
+            if record.key not in shown:
+                problems.append(
+                    [record.key, f"unknown {record.error_code or OUTCOME_UNKNOWN}", UNKNOWN_MESSAGE]
+                )
+        fatal = result.fatal
+        outcomes = counts.outcomes
+        return SyncSummary(
+            sync_name=state.sync_name,
+            sync_run_id=state.run_id,
+            target=settings.target,
+            dry_run=settings.dry_run,
+            partition_index=self.source.partition_index,
+            partition_count=self.source.partition_count,
+            rows_read=counts.rows_read,
+            rows=counts.rows,
+            created=outcomes[Outcome.CREATED],
+            updated=outcomes[Outcome.UPDATED],
+            unchanged=outcomes[Outcome.UNCHANGED],
+            rejected=outcomes[Outcome.REJECTED],
+            # From the state: every unresolved create of the partition, in the query or not.
+            unknown=len(result.unresolved),
+            failed=outcomes[Outcome.FAILED],
+            requests_sent=result.requests_sent,
+            retries=result.retries,
+            rate_limited_answers=result.rate_limited_answers,
+            rate_limit_pauses=result.rate_limit_pauses,
+            started_at=result.started_at,
+            finished_at=_utc_now(),
+            duration_seconds=round(duration, 3),
+            load_seconds=None if result.load_seconds is None else round(result.load_seconds, 3),
+            rows_per_second=round(counts.rows / duration, 1) if duration > 0 else 0.0,
+            requests_per_second=round(result.requests_sent / duration, 1) if duration > 0 else 0.0,
+            state=state.location,
+            state_table=state.table,
+            rejects_table=state.rejects_table,
+            unknown_from_interrupted_runs=result.interrupted_creates,
+            first_problems=problems,
+            stopped_early=None if fatal is None else f"{type(fatal).__name__}: {fatal}",
+            max_rejected=settings.max_rejected,
+            max_unknown=settings.max_unknown,
+        )
+
+    def _run_record(self, summary: SyncSummary) -> RunRecord:
+        return RunRecord(
+            sync_run_id=summary.sync_run_id,
+            dag_id=self.settings.dag_id,
+            task_id=self.settings.task_id,
+            dag_run_id=self.state.dag_run_id,
+            started_at=summary.started_at,
+            finished_at=summary.finished_at,
+            duration_seconds=summary.duration_seconds,
+            verdict=summary.verdict,
+            failure_reason=summary.failure_reason,
+            rows_read=summary.rows_read,
+            rows=summary.rows,
+            created=summary.created,
+            updated=summary.updated,
+            unchanged=summary.unchanged,
+            rejected=summary.rejected,
+            unknown=summary.unknown,
+            failed=summary.failed,
+            reconciled=summary.reconciled,
+            adopted=summary.adopted,
+            missing=summary.missing,
+            requests_sent=summary.requests_sent,
+            retries=summary.retries,
+            rate_limited_answers=summary.rate_limited_answers,
+            max_rejected=summary.max_rejected,
+            max_unknown=summary.max_unknown,
+            summary=summary.as_xcom(),
+        )
+
     # -- planning --------------------------------------------------------------------------
 
-    async def _plan(self, *, sending: bool) -> None:
-        """Read every batch of rows, diff it against the state, and queue the rows to send.
+    def _read_batch(self, limit: int) -> list[SourceRow] | None:
+        """On the source thread: the next rows, each marked when its key was read before."""
+        rows = self.source.read_chunk(limit)
+        if rows:
+            assert self._seen is not None
+            self._seen.mark(row for row in rows if row.digest)
+        return rows
 
-        The next batch is read and mapped on the source thread while this one is planned, and
-        the first batch is small, so that the first requests leave at once.
+    async def _fetch(self, limit: int) -> tuple[list[SourceRow], Mapping[str, StateRecord]] | None:
+        """The next batch of rows and what the state holds for their keys."""
+        rows = await self._on_source_thread(self._read_batch, limit)
+        if rows is None:
+            return None
+        digests = [row.digest for row in rows if row.digest]
+        records = await self._on_state_thread(self.state.lookup, digests) if digests else {}
+        return rows, records
+
+    async def _plan(self) -> None:
+        """Read every batch of rows, decide each row's fate, and queue the rows to send.
+
+        The next batch is read, mapped and looked up (on the source and state threads) while
+        this one is planned, and the first batch is small, so that the first requests leave
+        at once. Duplicates are known from the keys seen, not from the state, so a lookup made
+        before an earlier row's write is never trusted for a second row of its key.
         """
         batch = max(1, min(self.source.chunk_size, _PLAN_BATCH))
-        reading = asyncio.ensure_future(
-            self._on_source_thread(self.source.read_chunk, min(batch, _FIRST_BATCH))
-        )
+        fetching = asyncio.ensure_future(self._fetch(min(batch, _FIRST_BATCH)))
         try:
             while self._abort is None:
-                rows = await reading
-                if rows is None:
+                fetched = await fetching
+                if fetched is None:
                     return
-                reading = asyncio.ensure_future(self._on_source_thread(self.source.read_chunk, batch))
-                await self._plan_batch(rows, sending)
+                fetching = asyncio.ensure_future(self._fetch(batch))
+                await self._plan_batch(*fetched)
         finally:
-            if not reading.done():
-                # The source thread is still reading: let it finish before the source is closed.
-                await asyncio.wait([reading])
-            if not reading.cancelled():
+            if not fetching.done():
+                # Still reading or looking up: let it finish before the source and state close.
+                await asyncio.wait([fetching])
+            if not fetching.cancelled():
                 # Mark a failed read as seen: the load already stopped for a reason of its own.
-                reading.exception()
+                fetching.exception()
 
-    async def _plan_batch(self, rows: list[SourceRow], sending: bool) -> None:
-        digests = {row.key: key_digest(row.key) for row in rows if row.problem is None}
-        self._lookup_generation += 1
-        generation = self._lookup_generation
-        found = await self._on_state_thread(self.state.lookup, list(digests.values())) if digests else {}
-        records = {key: found[digest] for key, digest in digests.items() if digest in found}
-        # Keys whose outcome was queued before this lookup are visible in it from now on.
-        for key, queued_at in list(self._pending_keys.items()):
-            if queued_at is not None and queued_at < generation:
-                del self._pending_keys[key]
+    async def _plan_batch(self, rows: list[SourceRow], records: Mapping[str, StateRecord]) -> None:
+        policy, sending, counts = self.policy, self.sending, self.counts
         for number, row in enumerate(rows, 1):
             if self._abort is not None:
                 return
-            self.counts.rows += 1
-            work = self._plan_row(row, records.get(row.key), sending)
-            if work is not None:
-                self._pending_keys[work.key] = None
-                await self._queue.put(work)
-            elif number % _YIELD_EVERY == 0:
+            counts.rows += 1
+            decision = plan(row, records.get(row.digest) if row.digest else None, policy)
+            if decision.action is Action.NOTHING:
+                assert decision.outcome is not None
+                counts.add(decision.outcome, row.key, decision.code or "", decision.message or "")
+                if sending and decision.write is not Write.NOTHING:
+                    self._write_unsent(row, decision)
+            elif not sending:  # dry run: count what would happen
+                counts.add(Outcome.CREATED if decision.creates else Outcome.UPDATED)
+            else:
+                assert decision.request is not None
+                assert row.payload_hash is not None
+                await self._queue.put(
+                    _Work(row.key, row.digest, decision.request, row.payload_hash, decision.creates)
+                )
+                continue
+            if number % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
 
-    def _plan_row(self, row: SourceRow, record: StateRecord | None, sending: bool) -> _Work | None:
-        """Decide one row's fate: counted now, or returned as work for a worker."""
-        if row.problem is not None:
-            code, message = row.problem
-            self._finish_unsent(sending, row.key, Outcome.REJECTED, code, message, row.payload_hash)
-            return None
-        payload, digest = row.payload, row.payload_hash
-        assert payload is not None
-        assert digest is not None
-        if row.key in self._pending_keys or (
-            record is not None and record.run_id == self.state.run_id and not self.settings.dry_run
-        ):
-            # The same key twice in one run: sending both could create the record twice.
-            message = "the key appears more than once in the query result; only its first row is loaded"
-            self._finish_unsent(
-                sending, row.key, Outcome.REJECTED, "duplicate_key", message, None, update_state=False
+    def _write_unsent(self, row: SourceRow, decision: Decision) -> None:
+        """Record a row that is not sent: a reject row, and its outcome when it has a key to store."""
+        assert self.state_thread is not None
+        assert decision.outcome is not None
+        self.state_thread.submit(
+            StateWrite(
+                row.key,
+                row.digest or key_digest(row.key),
+                decision.outcome,
+                error_code=decision.code,
+                error_message=decision.message,
+                reject=True,
+                update_state=decision.write is Write.STATE_AND_REJECT,
             )
-            return None
-        if record is not None and record.outcome in UNRESOLVED and self.settings.on_unknown == "skip":
-            message = (
-                "an earlier create of this row may or may not be stored; it is not sent again. Check the "
-                "CRM and record the id (SyncState.resolve), or set on_unknown='resend'"
-            )
-            self._finish_unsent(
-                sending, row.key, Outcome.UNKNOWN, "outcome_unknown", message, None, update_state=False
-            )
-            return None
-        if record is not None and record.outcome in LOADED and record.payload_hash == digest:
-            self.counts.add(Outcome.UNCHANGED)
-            return None
-        work = self._work_for(row.key, payload, digest, record)
-        if isinstance(work, str):
-            self._finish_unsent(sending, row.key, Outcome.REJECTED, "schema", work, digest)
-            return None
-        if not sending:  # dry run: count what would happen
-            self.counts.add(Outcome.CREATED if work.creates else Outcome.UPDATED)
-            return None
-        return work
-
-    def _work_for(
-        self, key: str, payload: dict[str, Any], digest: str, record: StateRecord | None
-    ) -> _Work | str:
-        """The request as it will be sent, checked once; or the validation problems as text."""
-        try:
-            if self.settings.target == "v1":
-                if (
-                    "id" not in payload
-                    and record is not None
-                    and record.crm_id
-                    and record.outcome not in UNRESOLVED
-                ):
-                    # Create-once: a row created before is from now on an update of that record.
-                    payload = {**payload, "id": record.crm_id}
-                checked = check_add_or_update_payload(payload)
-                return _Work(key, checked, digest, checked.creates)
-            return _Work(key, check_put_request(payload), digest, False)
-        except PayloadValidationError as error:
-            return error.summary
-
-    def _finish_unsent(
-        self,
-        sending: bool,
-        key: str,
-        outcome: Outcome,
-        code: str,
-        message: str,
-        digest: str | None,
-        *,
-        update_state: bool = True,
-    ) -> None:
-        self.counts.add(outcome, key, code, message)
-        if sending and key and self.state_thread is not None:
-            if update_state:
-                self._pending_keys[key] = self._lookup_generation
-            self.state_thread.submit(
-                StateWrite(
-                    key,
-                    key_digest(key),
-                    outcome,
-                    payload_hash=digest,
-                    error_code=code,
-                    error_message=message,
-                    reject=True,
-                    update_state=update_state,
-                )
-            )
+        )
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -404,15 +568,14 @@ class _Run:
             try:
                 if carry and self._queue.empty():
                     # Nothing to pair it with right now: commit it rather than let it wait.
-                    await self._write(writer, *carry)
+                    await writer.write(*carry)
                     carry = []
                 work = await self._queue.get()
                 if work is None:
                     if carry:
-                        await self._write(writer, *carry)
+                        await writer.write(*carry)
                     return
                 if self._abort is not None:
-                    self._pending_keys.pop(work.key, None)
                     continue  # drain: rows not sent are simply read again next run
                 carry = await self._send_one(client, writer, work, carry)
             except Exception as error:
@@ -420,36 +583,24 @@ class _Run:
                 carry = []
                 self._abort = self._abort or error
 
-    async def _write(
-        self, writer: StateThread, *outcomes: StateWrite, intent: StateWrite | None = None
-    ) -> None:
-        """Commit rows' outcomes (and the next row's intent) in one group.
-
-        A row's key stays pending until a lookup queued after its outcome can see it.
-        """
-        for outcome in outcomes:
-            self._pending_keys[outcome.key] = self._lookup_generation
-        await writer.write(*outcomes, *([intent] if intent is not None else []))
-
     async def _send_one(
         self, client: AsyncOpportunityClient, writer: StateThread, work: _Work, carry: list[StateWrite]
     ) -> list[StateWrite]:
         """Send one row and return its outcome write, which the caller must commit."""
         if work.creates:
-            # Durable before the request leaves: a kill from here on leaves an in-flight trace.
-            await self._write(
-                writer,
-                *carry,
-                intent=StateWrite(
-                    work.key,
-                    key_digest(work.key),
-                    Outcome.IN_FLIGHT,
-                    payload_hash=work.payload_hash,
-                    attempted_at=time.time(),
-                ),
+            # Durable, and the lease checked, before the request leaves: a kill from here on
+            # leaves an in-flight trace, and a run that lost its lease sends nothing.
+            intent = StateWrite(
+                work.key,
+                work.digest,
+                Outcome.IN_FLIGHT,
+                payload_hash=work.payload_hash,
+                attempted_at=time.time(),
+                create_hint=_create_hint(work.request),
             )
+            await writer.write(*carry, intent)
         elif carry:
-            await self._write(writer, *carry)
+            await writer.write(*carry)
         outcome, crm_id, code, message = Outcome.UPDATED, None, "", ""
         fatal: BaseException | None = None
         if self.result.first_request_at is None:
@@ -469,22 +620,21 @@ class _Run:
                 fatal = error
         if outcome in (Outcome.CREATED, Outcome.UPDATED):
             self.counts.add(outcome)
-            result = StateWrite(
-                work.key, key_digest(work.key), outcome, payload_hash=work.payload_hash, crm_id=crm_id
-            )
+            result = StateWrite(work.key, work.digest, outcome, payload_hash=work.payload_hash, crm_id=crm_id)
         else:
             self.counts.add(outcome, work.key, code, message)
+            if outcome == Outcome.UNKNOWN:
+                self._logged_unknown.add(work.digest)
             result = StateWrite(
                 work.key,
-                key_digest(work.key),
+                work.digest,
                 outcome,
-                payload_hash=work.payload_hash,
                 error_code=code,
                 error_message=message,
                 reject=True,
             )
         if fatal is not None:
-            await self._write(writer, result)
+            await writer.write(result)
             raise fatal
         return [result]
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_opportunity_provider.errors import OpportunityConfigurationError
 from airflow_opportunity_provider.serialization import dumps
-from airflow_opportunity_provider.transfers.keys import KeyEncodingError, encode_key, partition_of
+from airflow_opportunity_provider.transfers.keys import KeyEncodingError, encode_key, key_digest, partition_of
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -58,16 +58,22 @@ def payload_hash(payload: Mapping[str, Any]) -> str:
 class SourceRow:
     """One row of this partition, mapped; or the reason it could not be.
 
-    :param key: the row's source key (``""`` when the key itself is unusable).
+    :param key: the row's key text (``""`` when the key itself is unusable).
     :param payload: the mapped payload (``None`` when mapping failed).
     :param payload_hash: the hash of ``payload``.
     :param problem: why the row cannot be sent, as ``(code, reason)``.
+    :param digest: the key's digest, its identity in the sync state (``""`` without a key).
+    :param number: the row's position in the query result, from 1.
+    :param duplicate: set when an earlier row of the run had the same key.
     """
 
     key: str
     payload: dict[str, Any] | None
     payload_hash: str | None
     problem: tuple[str, str] | None = None
+    digest: str = ""
+    number: int = 0
+    duplicate: bool = False
 
 
 class SqlSource:
@@ -194,32 +200,32 @@ class SqlSource:
         end = len(self._fetched) if limit is None else min(len(self._fetched), start + limit)
         self._handed_out = end
         raw = self._fetched[start:end]
+        first_number = self.rows_read + 1
         self.rows_read += len(raw)
         if end >= len(self._fetched):
             self._fetched, self._handed_out = [], 0  # let the chunk go before the next fetch
-        return [row for row in map(self._prepare, raw) if row is not None]
+        prepare = self._prepare
+        return [row for row in map(prepare, raw, range(first_number, first_number + len(raw))) if row]
 
-    def _prepare(self, raw: Sequence[Any]) -> SourceRow | None:
+    def _prepare(self, raw: Sequence[Any], number: int) -> SourceRow | None:
         key_values = [raw[i] for i in self._key_indexes]
-        if any(value is None for value in key_values):
-            # Every partition sees such a row; only partition 0 reports it.
-            if self.partition_index:
-                return None
-            return SourceRow("", None, None, ("key", f"a key column is NULL ({self.key_columns})"))
         try:
             key = encode_key(key_values, self.key_columns)
         except KeyEncodingError as error:
+            # Every partition sees such a row; only partition 0 reports it.
             if self.partition_index:
                 return None
-            return SourceRow("", None, None, ("key", str(error)))
+            return SourceRow("", None, None, ("key", f"row {number} of the query: {error}"), number=number)
         if self.partition_count > 1 and partition_of(key, self.partition_count) != self.partition_index:
             return None
+        digest = key_digest(key)
         try:
             payload = self._map(raw)
-            return SourceRow(key, payload, payload_hash(payload))
+            return SourceRow(key, payload, payload_hash(payload), digest=digest, number=number)
         except Exception as error:
             # One bad row (a mapping bug, a value JSON cannot hold) must not stop the load.
-            return SourceRow(key, None, None, ("mapping", f"mapping failed: {type(error).__name__}: {error}"))
+            problem = ("mapping", f"mapping failed: {type(error).__name__}: {error}")
+            return SourceRow(key, None, None, problem, digest=digest, number=number)
 
     def _map(self, raw: Sequence[Any]) -> dict[str, Any]:
         mapping = self.mapping

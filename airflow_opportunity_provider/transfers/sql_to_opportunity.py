@@ -22,26 +22,53 @@ from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 from airflow_opportunity_provider.lineage import sync_asset, sync_lineage
 from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, V2_OPPORTUNITIES
 from airflow_opportunity_provider.transfers.engine import (
+    DEFAULT_LEASE_SECONDS,
     EngineSettings,
-    RunResult,
     new_run_id,
     run_sync_blocking,
 )
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
 from airflow_opportunity_provider.transfers.source import SqlSource, get_db_hook
-from airflow_opportunity_provider.transfers.state import DEFAULT_STATE_TABLE, SyncState, check_table_name
-from airflow_opportunity_provider.transfers.summary import (
-    OUTCOMES,
-    OpportunitySyncError,
-    Threshold,
-    format_summary,
-    verdict,
+from airflow_opportunity_provider.transfers.state import (
+    DEFAULT_STATE_TABLE,
+    LeaseHeldError,
+    SyncState,
+    check_sync_name,
+    check_table_name,
 )
+from airflow_opportunity_provider.transfers.summary import OpportunitySyncError, Threshold
 
 # Executors that run every task on the scheduler's machine, where a local state file is shared.
 _LOCAL_EXECUTORS = frozenset({"", "LocalExecutor", "SequentialExecutor", "DebugExecutor"})
 XCOM_SUMMARY_KEY = "sync_summary"
+
+
+def _whole_number(name: str, value: Any, minimum: int) -> int:
+    """A parameter that must be a whole number (``True`` is not one, nor is ``"10"``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number of at least {minimum}; got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {value!r}.")
+    return value
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool = True, optional: bool = False) -> float | None:
+    """A parameter that must be a number (of seconds, or requests a second)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = "a number or None" if optional else "a number"
+        raise ValueError(f"{name} must be {kind}; got {type(value).__name__} {value!r}.")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be above 0{' or exactly 0' if allow_zero else ''}; got {value!r}.")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False; got {value!r}.")
+    return value
 
 
 def _check_threshold(name: str, value: Any) -> Threshold:
@@ -54,6 +81,17 @@ def _check_threshold(name: str, value: Any) -> Threshold:
     if value < 0:
         raise ValueError(f"{name} must not be negative; got {value}.")
     return value
+
+
+def _check_sync_name(name: Any) -> str:
+    """A sync name as the state takes it; an empty one is refused rather than replaced."""
+    if not isinstance(name, str) or not name.strip():
+        raise OpportunityConfigurationError(
+            f"sync_name is {name!r}: it names the sync's state, so an empty name would start a fresh state "
+            "and create every row again. Give it a non-empty name (or leave sync_name out for "
+            "<dag_id>.<task_id>)."
+        )
+    return check_sync_name(name)
 
 
 def _is_distributed_executor(executor_setting: str) -> bool:
@@ -104,6 +142,10 @@ class SqlToOpportunityOperator(BaseOperator):
     :param chunk_size: rows fetched at a time.
     :param progress_interval: seconds between progress lines in the task log.
     :param count_source_rows: run ``SELECT COUNT(*)`` over the query first, for the time-left estimate.
+    :param lease_seconds: how long this run's lease on its sync partition lasts without renewal
+        (it is renewed while the run goes); a second run of the same partition fails while it holds.
+    :param lease_wait_seconds: how long a run waits for another run's lease before failing (0:
+        fail at once, naming the holder).
     """
 
     template_fields: Sequence[str] = ("sql", "sync_name", "state_conn_id")
@@ -135,6 +177,8 @@ class SqlToOpportunityOperator(BaseOperator):
         chunk_size: int = 1000,
         progress_interval: float = 10.0,
         count_source_rows: bool = True,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        lease_wait_seconds: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -155,21 +199,31 @@ class SqlToOpportunityOperator(BaseOperator):
             raise ValueError(f"target must be 'v1' or 'v2'; got {target!r}.")
         if on_unknown not in ("skip", "resend"):
             raise ValueError(f"on_unknown must be 'skip' or 'resend'; got {on_unknown!r}.")
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError("concurrency must be a whole number of at least 1.")
-        if rate_limit is not None and rate_limit <= 0:
-            raise ValueError("rate_limit must be above 0 requests per second, or None for no limit.")
-        if burst is not None and burst < 1:
-            raise ValueError("burst must be at least 1.")
-        if not isinstance(partition_count, int) or partition_count < 1:
-            raise ValueError("partition_count must be a whole number of at least 1.")
-        if not isinstance(partition_index, int) or not 0 <= partition_index < partition_count:
+        _whole_number("concurrency", concurrency, 1)
+        _seconds("rate_limit", rate_limit, allow_zero=False, optional=True)
+        if burst is not None:
+            _whole_number("burst", burst, 1)
+        _whole_number("partition_count", partition_count, 1)
+        _whole_number("partition_index", partition_index, 0)
+        if partition_index >= partition_count:
             raise ValueError(
                 f"partition_index must be between 0 and partition_count - 1 ({partition_count - 1}); "
                 f"got {partition_index!r}."
             )
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError("chunk_size must be a whole number of at least 1.")
+        _whole_number("chunk_size", chunk_size, 1)
+        _seconds("progress_interval", progress_interval)
+        _seconds("lease_seconds", lease_seconds, allow_zero=False)
+        _seconds("lease_wait_seconds", lease_wait_seconds)
+        _flag("dry_run", dry_run)
+        _flag("count_source_rows", count_source_rows)
+        if sync_name is not None:
+            if not isinstance(sync_name, str):
+                raise ValueError(f"sync_name must be text; got {type(sync_name).__name__} {sync_name!r}.")
+            if "{{" not in sync_name:
+                try:
+                    _check_sync_name(sync_name)
+                except OpportunityConfigurationError as error:
+                    raise ValueError(str(error)) from None
         try:
             check_table_name(state_table)
         except OpportunityConfigurationError as error:
@@ -196,6 +250,8 @@ class SqlToOpportunityOperator(BaseOperator):
         self.chunk_size = chunk_size
         self.progress_interval = progress_interval
         self.count_source_rows = count_source_rows
+        self.lease_seconds = float(lease_seconds)
+        self.lease_wait_seconds = float(lease_wait_seconds)
         self.last_summary: dict[str, Any] | None = None
         # A finished sync updates its Asset, so downstream DAGs can be scheduled on it. A
         # templated sync name is only known at run time: such a task declares no outlet.
@@ -225,9 +281,13 @@ class SqlToOpportunityOperator(BaseOperator):
 
     @property
     def effective_sync_name(self) -> str:
-        """The sync's name in the state: ``sync_name``, or ``<dag_id>.<task_id>`` (one per mapped task group)."""
-        if self.sync_name:
-            return str(self.sync_name)
+        """The sync's name in the state: ``sync_name``, or ``<dag_id>.<task_id>`` when none is given.
+
+        A given name that renders to nothing is an error, never the default: a fresh state would
+        create every row again.
+        """
+        if self.sync_name is not None:
+            return _check_sync_name(self.sync_name)
         dag_id = self.dag_id if self.has_dag() else "no_dag"
         return f"{dag_id}.{self.task_id}"
 
@@ -238,6 +298,8 @@ class SqlToOpportunityOperator(BaseOperator):
             "run_id": run_id,
             "table": self.state_table,
             "dag_run_id": str(dag_run) if dag_run else None,
+            "partition_index": self.partition_index,
+            "partition_count": self.partition_count,
         }
         if self.state_conn_id:
             return SyncState.from_conn_id(str(self.state_conn_id), **options)
@@ -300,6 +362,12 @@ class SqlToOpportunityOperator(BaseOperator):
             on_unknown=self.on_unknown,
             dry_run=self.is_dry_run,
             progress_interval=self.progress_interval,
+            lease_seconds=self.lease_seconds,
+            lease_wait_seconds=self.lease_wait_seconds,
+            max_rejected=self.max_rejected,
+            max_unknown=self.max_unknown,
+            dag_id=self.dag_id if self.has_dag() else None,
+            task_id=self.task_id,
         )
         progress = ProgressReporter(self.progress_interval, logger=self.log)
         if self.count_source_rows:
@@ -315,14 +383,18 @@ class SqlToOpportunityOperator(BaseOperator):
                 settings, source, state, None if self.is_dry_run else client_factory, progress
             )
         )
-        summary = self._summary(sync_name, run_id, state, result)
-        reason = verdict(summary, self.max_rejected, self.max_unknown)
-        summary["failure_reason"] = reason if result.fatal is None else summary["stopped_early"]
+        assert result.summary is not None
+        typed = result.summary
+        summary = typed.as_xcom()
         self.last_summary = summary
         self._push_summary(context, summary)
-        text = format_summary(summary)
+        text = str(typed)
+        reason = typed.failure_reason
         if isinstance(result.fatal, OpportunityConfigurationError) and not result.counts.rows:
             # Nothing was read or sent: the user's setting is the whole story.
+            raise result.fatal
+        if isinstance(result.fatal, LeaseHeldError):
+            # Another run holds this partition: nothing was read or sent.
             raise result.fatal
         if result.fatal is not None:
             self.log.error("%s", text)
@@ -335,40 +407,6 @@ class SqlToOpportunityOperator(BaseOperator):
         self.log.info("%s", text)
         if reason:
             self.log.warning("A real run would fail: %s.", reason)
-        return summary
-
-    def _summary(self, sync_name: str, run_id: str, state: SyncState, result: RunResult) -> dict[str, Any]:
-        counts = result.counts
-        duration = counts.elapsed()
-        summary: dict[str, Any] = {
-            "sync_name": sync_name,
-            "sync_run_id": run_id,
-            "target": self.target,
-            "dry_run": self.is_dry_run,
-            "partition_index": self.partition_index,
-            "partition_count": self.partition_count,
-            "rows_read": counts.rows_read,
-            "rows": counts.rows,
-            **{outcome: counts.outcomes[outcome] for outcome in OUTCOMES},
-            "requests_sent": result.requests_sent,
-            "retries": result.retries,
-            "rate_limited_answers": result.rate_limited_answers,
-            "rate_limit_pauses": result.rate_limit_pauses,
-            "duration_seconds": round(duration, 3),
-            # From the first request to the last row's state committed: the load itself,
-            # without set-up (``None`` when nothing was sent).
-            "load_seconds": None if result.load_seconds is None else round(result.load_seconds, 3),
-            "rows_per_second": round(counts.rows / duration, 1) if duration > 0 else 0.0,
-            "requests_per_second": round(result.requests_sent / duration, 1) if duration > 0 else 0.0,
-            "state": state.location,
-            "state_table": state.table,
-            "rejects_table": state.rejects_table,
-            "unknown_from_interrupted_runs": result.interrupted_creates,
-            "first_problems": [list(problem) for problem in counts.shown_rejects],
-            "stopped_early": None
-            if result.fatal is None
-            else f"{type(result.fatal).__name__}: {result.fatal}",
-        }
         return summary
 
     @staticmethod

@@ -1,14 +1,15 @@
 """What a sync run did with its rows, and whether that is good enough for a green task.
 
-The counts are kept while the run goes; the summary dict is what the task logs and returns
-through XCom (counts and timings only: no payload, header or token ever goes in it).
+The counts are kept while the run goes; :class:`SyncSummary` is what the task logs, records in
+the runs table and returns through XCom (counts and timings only: no payload, header or token
+ever goes in it).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from airflow_opportunity_provider.errors import OpportunityError
@@ -68,7 +69,7 @@ class RunCounts:
         """
         self.outcomes[outcome] += 1
         if outcome in _PROBLEMS and len(self.shown_rejects) < SHOWN_REJECTS:
-            self.shown_rejects.append((source_key, f"{outcome} {code}".strip(), _brief(message)))
+            self.shown_rejects.append((_brief(source_key, 120), f"{outcome} {code}".strip(), _brief(message)))
 
     @property
     def done(self) -> int:
@@ -111,7 +112,12 @@ def verdict(summary: Mapping[str, Any], max_rejected: Threshold, max_unknown: Th
     :param max_unknown: the most outcome-unknown rows allowed (count or share of the rows).
     """
     rows = int(summary["rows"])
-    loaded = summary[Outcome.CREATED] + summary[Outcome.UPDATED] + summary[Outcome.UNCHANGED]
+    loaded = (
+        summary[Outcome.CREATED]
+        + summary[Outcome.UPDATED]
+        + summary[Outcome.UNCHANGED]
+        + summary.get("reconciled", 0)
+    )
     rejected, unknown, failed = summary[Outcome.REJECTED], summary[Outcome.UNKNOWN], summary[Outcome.FAILED]
     if rows and not loaded:
         return f"none of the {rows} rows loaded (rejected {rejected}, unknown {unknown}, failed {failed})"
@@ -126,9 +132,75 @@ def verdict(summary: Mapping[str, Any], max_rejected: Threshold, max_unknown: Th
         return (
             f"{unknown} of {rows} rows have an unknown outcome (a create that may or may not be "
             f"stored), more than max_unknown={max_unknown!r} allows; check the CRM for them and "
-            "record their ids, or set on_unknown='resend'"
+            "record their ids (opportunity-sync resolve), or set on_unknown='resend'"
         )
     return None
+
+
+@dataclass
+class SyncSummary:
+    """What one run of a sync partition did: counts, requests, timings and the verdict.
+
+    ``unknown`` counts every unresolved create of the sync partition in the state at the end of
+    the run, whether or not the query returned its row this time.
+    """
+
+    sync_name: str
+    sync_run_id: str
+    target: str
+    dry_run: bool = False
+    partition_index: int = 0
+    partition_count: int = 1
+    rows_read: int = 0
+    rows: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    unknown: int = 0
+    failed: int = 0
+    reconciled: int = 0
+    adopted: int = 0
+    missing: int = 0
+    requests_sent: int = 0
+    retries: int = 0
+    rate_limited_answers: int = 0
+    rate_limit_pauses: int = 0
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_seconds: float = 0.0
+    load_seconds: float | None = None
+    rows_per_second: float = 0.0
+    requests_per_second: float = 0.0
+    state: str = ""
+    state_table: str = ""
+    rejects_table: str = ""
+    unknown_from_interrupted_runs: int = 0
+    first_problems: list[list[str]] = field(default_factory=list)
+    stopped_early: str | None = None
+    max_rejected: Threshold = 0
+    max_unknown: Threshold = 0
+    failure_reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.failure_reason is None:
+            self.failure_reason = self.stopped_early or verdict(
+                self.as_xcom(), self.max_rejected, self.max_unknown
+            )
+
+    @property
+    def verdict(self) -> str:
+        """``"dry_run"``, ``"success"`` or ``"failed"``."""
+        if self.dry_run:
+            return "dry_run"
+        return "failed" if self.failure_reason else "success"
+
+    def as_xcom(self) -> dict[str, Any]:
+        """The summary as plain JSON values, as XCom and the runs table keep it."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return format_summary(self.as_xcom())
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
@@ -141,9 +213,12 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     partition = ""
     if summary.get("partition_count", 1) > 1:
         partition = f" (partition {summary['partition_index']} of {summary['partition_count']})"
+    extra = "".join(
+        f", {name} {summary[name]}" for name in ("reconciled", "adopted", "missing") if summary.get(name)
+    )
     lines = [
         f"Sync {summary['sync_name']!r}{partition}, target {summary['target']}: "
-        f"{summary['rows']} rows: {counts}.",
+        f"{summary['rows']} rows: {counts}{extra}.",
         f"{summary['requests_sent']} requests sent ({summary['retries']} retries, "
         f"{summary['rate_limited_answers']} answered 429) in {summary['duration_seconds']:.1f} s: "
         f"{summary['rows_per_second']:.0f} rows/s.",

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 Factory = Callable[..., SqlToOpportunityOperator]
 REPO = Path(__file__).resolve().parents[3]
+LEASE_SECONDS = 2.0
 
 
 @pytest.mark.slow
@@ -97,7 +98,7 @@ from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
 operator = SqlToOpportunityOperator(
     task_id="load", sql=sys.argv[1], sql_conn_id=sys.argv[2], key_columns="opportunity_ref",
     mapping=__import__("json").loads(sys.argv[3]), state_conn_id=sys.argv[4], sync_name="test.sync",
-    concurrency=int(sys.argv[5]), progress_interval=0,
+    concurrency=int(sys.argv[5]), progress_interval=0, lease_seconds=float(sys.argv[6]),
 )
 operator.execute({})
 """
@@ -121,6 +122,8 @@ def test_a_load_killed_part_way_and_run_again_loads_each_row_once(
             json.dumps(V1_TEST_MAPPING),
             STATE_CONN,
             str(concurrency),
+            # A short lease: the killed run cannot free it, so the next run waits for it to expire.
+            str(LEASE_SECONDS),
         ],
         cwd=REPO,
         env=os.environ.copy(),
@@ -147,7 +150,7 @@ def test_a_load_killed_part_way_and_run_again_loads_each_row_once(
     assert 0 < len(interrupted) <= concurrency
 
     mock_crm.set_faults(FaultConfig())
-    summary, failure = run(make_operator(max_unknown=concurrency))
+    summary, failure = run(make_operator(max_unknown=concurrency, lease_wait_seconds=LEASE_SECONDS * 5))
     assert failure is None
     assert summary["unknown"] == len(interrupted) <= concurrency
     assert summary["unknown_from_interrupted_runs"] == len(interrupted)

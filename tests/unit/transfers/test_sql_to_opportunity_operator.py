@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from airflow_opportunity_provider.errors import OpportunityConfigurationError
 from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
 from airflow_opportunity_provider.transfers.sql_to_opportunity import _is_distributed_executor
 
@@ -57,6 +58,21 @@ def test_defaults() -> None:
         ({"partition_index": 4, "partition_count": 4}, "partition_index"),
         ({"chunk_size": 0}, "chunk_size"),
         ({"state_table": "state; drop"}, "state table"),
+        ({"concurrency": True}, "concurrency"),
+        ({"concurrency": 2.5}, "concurrency"),
+        ({"rate_limit": "10"}, "rate_limit"),
+        ({"rate_limit": True}, "rate_limit"),
+        ({"burst": "5"}, "burst"),
+        ({"chunk_size": False}, "chunk_size"),
+        ({"partition_index": "1", "partition_count": 2}, "partition_index"),
+        ({"progress_interval": "10"}, "progress_interval"),
+        ({"lease_seconds": 0}, "lease_seconds"),
+        ({"lease_wait_seconds": -1}, "lease_wait_seconds"),
+        ({"dry_run": "yes"}, "dry_run"),
+        ({"sync_name": ""}, "sync_name"),
+        ({"sync_name": "  "}, "sync_name"),
+        ({"sync_name": " padded"}, "sync_name"),
+        ({"sync_name": 7}, "sync_name"),
     ],
 )
 def test_wrong_arguments_fail_at_parse_time(changes: dict[str, Any], message: str) -> None:
@@ -95,3 +111,13 @@ def test_local_state_under_celery_warns_loudly(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
     operator._state("dag.task", "run", {})
     assert warnings == []
+
+
+def test_a_templated_sync_name_that_renders_empty_is_an_error_not_the_default() -> None:
+    operator = SqlToOpportunityOperator(**{**BASE, "sync_name": "{{ params.name }}"})
+    operator.sync_name = ""  # what rendering gave
+    with pytest.raises(OpportunityConfigurationError, match="sync_name is ''"):
+        operator.effective_sync_name  # noqa: B018
+    operator.sync_name = "nightly"
+    assert operator.effective_sync_name == "nightly"
+    assert SqlToOpportunityOperator(**BASE).effective_sync_name == "no_dag.load"

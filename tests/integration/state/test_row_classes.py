@@ -1,0 +1,410 @@
+"""Each way a row's fate used to go wrong, with the state on SQLite and on PostgreSQL: an unknown
+create overwritten by a later problem, keys cut to the day or to 500 characters, unknowns that
+leave the query, duplicates behind an unchanged row, NULL and unencodable keys, and two runs of
+one partition at once (one fails fast; a run that lost its lease sends no create after)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_opportunity_provider.mock_crm import FaultConfig, MockCrmServer
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+from airflow_opportunity_provider.transfers.state import LeaseHeldError
+from tests.integration.state.conftest import Database, _postgres_login
+from tests.integration.transfers.helpers import run
+
+pytestmark = pytest.mark.usefixtures("airflow_db", "opportunity_conn")
+
+REPO = Path(__file__).resolve().parents[3]
+WAREHOUSE = "rows_warehouse"
+MAPPING = {
+    "name": "name",
+    "venueId": "venue_id",
+    "contactId": "contact_id",
+    "typeId": "type_id",
+    "stageId": "stage_id",
+    "sourceId": "source_id",
+    "description": "ref_text",
+}
+SQL = "SELECT * FROM rows ORDER BY position"
+
+
+def _warehouse(path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[Any, str]]) -> None:
+    """A SQLite warehouse table ``rows`` with one row per ``(key, name)``, in that order."""
+    path.unlink(missing_ok=True)
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "CREATE TABLE rows (position INTEGER, ref, ref_text TEXT, name TEXT, venue_id INTEGER, "
+            "contact_id INTEGER, type_id INTEGER, stage_id INTEGER, source_id INTEGER)"
+        )
+        connection.executemany(
+            "INSERT INTO rows VALUES (?, ?, ?, ?, 107, 918, 18, 69, 25)",
+            [
+                (position, key, key.hex() if isinstance(key, bytes) else str(key), name)
+                for position, (key, name) in enumerate(rows)
+            ],
+        )
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{WAREHOUSE.upper()}", json.dumps({"conn_type": "sqlite", "host": str(path)})
+    )
+
+
+def _operator(database: Database, **options: Any) -> SqlToOpportunityOperator:
+    settings: dict[str, Any] = {
+        "task_id": "load",
+        "sql": SQL,
+        "sql_conn_id": WAREHOUSE,
+        "key_columns": "ref",
+        "mapping": MAPPING,
+        "state_conn_id": database.conn_id,
+        "state_table": database.table,
+        "sync_name": "rows.sync",
+        "concurrency": 4,
+        "progress_interval": 0,
+        **options,
+    }
+    return SqlToOpportunityOperator(**settings)
+
+
+def _records(server: MockCrmServer) -> dict[str, list[dict[str, Any]]]:
+    """The mock's records by the key text they carry in ``description``."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for record in server.store.v1_records():
+        found.setdefault(str(record.get("description")), []).append(record)
+    return found
+
+
+def _state(database: Database) -> dict[str, tuple[str, str | None]]:
+    rows = database.query(f"SELECT source_key, outcome, crm_id FROM {database.table}")
+    return {key: (outcome, crm_id) for key, outcome, crm_id in rows}
+
+
+def _rejects(database: Database) -> list[tuple[str, str, str, str]]:
+    return [
+        tuple(row)
+        for row in database.query(
+            f"SELECT sync_run_id, source_key, outcome, error_code FROM {database.table}_rejects"
+        )
+    ]
+
+
+def test_an_unknown_create_stays_unknown_whatever_the_row_brings_later(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_a, long_b = "k" * 600 + "A", "k" * 600 + "B"  # one 500-character prefix, two keys
+    _warehouse(tmp_path / "w.db", monkeypatch, [("R1", "one"), ("R2", "two"), (long_a, "la"), (long_b, "lb")])
+    # Every answer to a create is lost after the server stored it: all four are unknown.
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    summary, failure = run(_operator(lease_database))
+    assert failure is not None
+    assert summary["unknown"] == 4
+    assert len(mock_crm.store.v1_records()) == 4
+
+    # Next run: the faults are gone, R1's mapping now raises. Nothing is rejected, nothing sent.
+    mock_crm.set_faults(FaultConfig())
+
+    def mapping(row: dict[str, Any]) -> dict[str, Any]:
+        if row["ref"] == "R1":
+            raise KeyError("venue_id")
+        return {field: row[column] for field, column in MAPPING.items()}
+
+    summary, failure = run(_operator(lease_database, mapping=mapping, max_unknown=4))
+    assert failure is not None  # no row loaded: never green
+    assert (summary["unknown"], summary["rejected"], summary["requests_sent"]) == (4, 0, 0)
+    assert {outcome for outcome, _ in _state(lease_database).values()} == {"unknown"}
+
+    # And the run after that creates none of them again.
+    summary, _ = run(_operator(lease_database, max_unknown=4))
+    assert summary["requests_sent"] == 0
+    records = _records(mock_crm)
+    assert sorted(records) == sorted(["R1", "R2", long_a, long_b])
+    assert all(len(found) == 1 for found in records.values())
+
+
+def test_long_keys_are_never_cut_onto_a_neighbour(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = ["x" * 500, "x" * 500 + "1", "x" * 500 + "2", "y" * 5000]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {index}") for index, key in enumerate(keys)])
+    summary, failure = run(_operator(lease_database))
+    assert failure is None
+    assert summary["created"] == 4
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"renamed {index}") for index, key in enumerate(keys)])
+    summary, failure = run(_operator(lease_database))
+    assert failure is None
+    assert (summary["created"], summary["updated"]) == (0, 4)
+    records = _records(mock_crm)
+    assert sorted(records) == sorted(keys)
+    assert {key: found[0]["name"] for key, found in records.items()} == {
+        key: f"renamed {index}" for index, key in enumerate(keys)
+    }
+    assert set(_state(lease_database)) == set(keys)
+
+
+def test_an_unknown_whose_row_left_the_query_is_still_counted_and_named(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _warehouse(tmp_path / "w.db", monkeypatch, [("R1", "one")])
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    summary, _ = run(_operator(lease_database))
+    assert summary["unknown"] == 1
+    mock_crm.set_faults(FaultConfig())
+    # An incremental query that no longer returns the row: the create is still unresolved.
+    summary, failure = run(_operator(lease_database, sql="SELECT * FROM rows WHERE ref = 'none'"))
+    assert failure is not None
+    assert "unknown outcome" in str(failure)
+    assert (summary["rows"], summary["unknown"]) == (0, 1)
+    assert summary["first_problems"][0][0] == "R1"
+    this_run = [row for row in _rejects(lease_database) if row[0] == summary["sync_run_id"]]
+    assert [(key, outcome) for _, key, outcome, _ in this_run] == [("R1", "unknown")]
+
+
+def test_a_duplicate_key_behind_an_unchanged_row_is_caught_and_the_record_never_flips(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _warehouse(tmp_path / "w.db", monkeypatch, [("R1", "first"), ("R2", "other"), ("R1", "second")])
+    for attempt in range(3):
+        summary, failure = run(_operator(lease_database, max_rejected=1))
+        assert failure is None, attempt
+        assert summary["rejected"] == 1, attempt
+        assert summary["requests_sent"] == (2 if attempt == 0 else 0), attempt
+        assert summary["first_problems"][0][:2] == ["R1", "rejected duplicate_key"]
+    records = _records(mock_crm)
+    assert [record["name"] for record in records["R1"]] == ["first"]
+
+
+def test_a_null_key_is_in_the_rejects_table_and_a_binary_key_loads(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _warehouse(
+        tmp_path / "w.db",
+        monkeypatch,
+        [("R1", "one"), (None, "no key"), (b"\x00\xffbin", "binary"), (b"\x00\xffBIN", "binary 2")],
+    )
+    summary, failure = run(_operator(lease_database, max_rejected=1))
+    assert failure is None
+    assert (summary["created"], summary["rejected"]) == (3, 1)
+    rejects = _rejects(lease_database)
+    assert [(key, outcome, code) for _, key, outcome, code in rejects] == [("", "rejected", "key")]
+    message = lease_database.query(f"SELECT error_message FROM {lease_database.table}_rejects")[0][0]
+    assert "'ref' is NULL" in message
+    assert "row 2 of the query" in message
+    assert set(_state(lease_database)) == {"R1", "0x00ff62696e", "0x00ff42494e"}
+
+
+def test_datetime_and_decimal_keys_keep_every_digit(
+    lease_database: Database,
+    mock_crm: MockCrmServer,
+    postgres_warehouse: tuple[str, str],
+) -> None:
+    conn_id, schema = postgres_warehouse
+
+    def operator() -> SqlToOpportunityOperator:
+        return _operator(
+            lease_database,
+            sql_conn_id=conn_id,
+            sql=f"SELECT * FROM {schema}.rows ORDER BY position",
+            key_columns=["at", "amount"],
+            max_rejected=1,
+        )
+
+    summary, failure = run(operator())
+    assert failure is None
+    # Three rows on one day, one of them only a microsecond later, and 1.5 vs 1.50 vs 1.51.
+    assert summary["created"] == 3
+    assert summary["rejected"] == 1  # 1.50 is the key 1.5 again: a duplicate, never an update of it
+    summary, failure = run(operator())
+    assert failure is None
+    assert (summary["unchanged"], summary["created"], summary["updated"]) == (3, 0, 0)
+    assert len(mock_crm.store.v1_records()) == 3
+
+
+@pytest.fixture
+def postgres_warehouse(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A PostgreSQL warehouse schema whose key columns are a timestamptz and a numeric."""
+    import uuid
+
+    import psycopg
+
+    postgres_user, reason = _postgres_login()
+    if postgres_user is None:
+        pytest.skip(f"PostgreSQL does not answer on 127.0.0.1:5432 ({reason}); the warehouse test skipped")
+
+    schema = f"rows_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(
+        host="127.0.0.1", port=5432, user=postgres_user, dbname="test", autocommit=True
+    ) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(
+            f"CREATE TABLE {schema}.rows (position int, at timestamptz, amount numeric, ref_text text, "
+            "name text, venue_id int, contact_id int, type_id int, stage_id int, source_id int)"
+        )
+        for position, (at, amount) in enumerate(
+            [
+                ("2026-11-30 09:00:00+00", "1.5"),
+                ("2026-11-30 09:00:00.000001+00", "1.5"),
+                ("2026-11-30 17:30:00+00", "1.51"),
+                ("2026-11-30 09:00:00+00", "1.50"),
+            ]
+        ):
+            conn.execute(
+                f"INSERT INTO {schema}.rows VALUES (%s, %s, %s, %s, %s, 107, 918, 18, 69, 25)",
+                (position, at, amount, f"{at}|{amount}", f"name {position}"),
+            )
+    conn_id = "rows_postgres"
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 5432,
+                "login": postgres_user,
+                "schema": "test",
+            }
+        ),
+    )
+    try:
+        yield conn_id, schema
+    finally:
+        with psycopg.connect(
+            host="127.0.0.1", port=5432, user=postgres_user, dbname="test", autocommit=True
+        ) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+# -- two runs of one partition ------------------------------------------------------------------
+
+_CHILD = """
+import json, sys
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+options = json.loads(sys.argv[1])
+SqlToOpportunityOperator(task_id="load", progress_interval=0, **options).execute({})
+"""
+
+
+def _start_child(database: Database, **options: Any) -> subprocess.Popen[bytes]:
+    settings = {
+        "sql": SQL,
+        "sql_conn_id": WAREHOUSE,
+        "key_columns": "ref",
+        "mapping": MAPPING,
+        "state_conn_id": database.conn_id,
+        "state_table": database.table,
+        "sync_name": "rows.sync",
+        "concurrency": 4,
+        **options,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, json.dumps(settings)],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _wait_for(condition: Callable[[], bool], child: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert child.poll() is None, (child.stderr.read().decode() if child.stderr else "") or what
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_second_run_of_a_partition_fails_fast_naming_the_first_and_no_key_is_created_twice(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _warehouse(tmp_path / "w.db", monkeypatch, [(f"R{number:03d}", f"name {number}") for number in range(24)])
+    mock_crm.set_faults(FaultConfig(latency=0.15))
+    child = _start_child(lease_database)
+    try:
+        _wait_for(lambda: mock_crm.counters.snapshot()["v1_creates"] >= 1, child, "the first run never sent")
+        started = time.monotonic()
+        with pytest.raises(LeaseHeldError) as held:
+            _operator(lease_database).execute({})
+        assert time.monotonic() - started < 5
+        assert "being loaded by sync run" in str(held.value)
+        assert "lease expires" in str(held.value)
+        assert held.value.host
+        assert child.wait(timeout=60) == 0, child.stderr.read().decode() if child.stderr else ""
+    finally:
+        if child.poll() is None:
+            child.kill()
+    records = _records(mock_crm)
+    assert len(records) == 24
+    assert all(len(found) == 1 for found in records.values())
+
+
+def _stall_outside_a_transaction(process: subprocess.Popen[bytes], database: Database) -> None:
+    """SIGSTOP the process at a moment it holds no write lock on the state.
+
+    A process frozen inside a transaction blocks every writer of the state (SQLite's file lock,
+    PostgreSQL's row lock on the lease) until it wakes: the next run then waits instead of
+    loading, which is safe but not what this test is about.
+    """
+    for _ in range(200):
+        process.send_signal(signal.SIGSTOP)
+        time.sleep(0.05)
+        connection = database.raw()
+        try:
+            cursor = connection.cursor()
+            if database.kind == "sqlite":
+                connection.isolation_level = None
+                cursor.execute("PRAGMA busy_timeout=0")
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                cursor.execute(f"SELECT 1 FROM {database.table}_leases FOR UPDATE NOWAIT")
+            connection.rollback()
+            return
+        except Exception:
+            connection.rollback()
+        finally:
+            connection.close()
+        process.send_signal(signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("the process never paused outside a write transaction")
+
+
+def test_a_run_that_lost_its_lease_while_stalled_sends_no_create_after(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = [f"R{number:03d}" for number in range(60)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    mock_crm.set_faults(FaultConfig(latency=0.05))
+    zombie = _start_child(lease_database, lease_seconds=1.0)
+    try:
+        _wait_for(lambda: mock_crm.counters.snapshot()["v1_creates"] >= 5, zombie, "the first run never sent")
+        _stall_outside_a_transaction(zombie, lease_database)  # it stalls; its lease runs out
+        time.sleep(1.5)
+        _, failure = run(_operator(lease_database, max_unknown=len(keys)))
+        assert failure is None, failure
+        creates_after_takeover = mock_crm.counters.snapshot()["v1_creates"]
+        zombie.send_signal(signal.SIGCONT)
+        zombie.wait(timeout=60)
+        assert zombie.returncode != 0
+        stderr = zombie.stderr.read().decode() if zombie.stderr else ""
+        assert "LeaseLostError" in stderr
+        # The zombie wakes up to find its lease gone: not one more create leaves it.
+        assert mock_crm.counters.snapshot()["v1_creates"] == creates_after_takeover
+    finally:
+        if zombie.poll() is None:
+            zombie.send_signal(signal.SIGCONT)
+            zombie.kill()
+    records = _records(mock_crm)
+    assert all(len(found) == 1 for found in records.values()), "a key was created twice"
+    missing = set(keys) - set(records)
+    state = _state(lease_database)
+    # A create that was in flight when the zombie stalled is unknown, never resent.
+    assert {key for key, (outcome, _) in state.items() if outcome == "unknown"} >= missing
