@@ -6,7 +6,8 @@ is a success (with its value), a refusal worth retrying, a rejection, an authent
 an unknown outcome, and whether a retry is allowed. :func:`attempt` is one attempt as a generator
 (as httpx's ``Auth.auth_flow``): it yields the bearer token it needs and the request to send, and
 repeats the request once with a fresh token after a 401. :func:`perform` and :func:`perform_async`
-drive it inside the one retry policy; the clients only supply ``send`` (bytes over their HTTP
+drive it inside the one retry policy (a first attempt that succeeds never enters it: tenacity's
+bookkeeping costs more than a request on loopback); the clients only supply ``send`` (bytes over their HTTP
 library, each with one table that maps its exceptions to a :class:`TransportFault`) and ``token``.
 
 The rule for a request that is not idempotent (a v1 create): only a definite refusal is retried
@@ -445,8 +446,18 @@ def perform(
     :return: the success value.
     :raises OpportunityError: the last attempt's error.
     """
+    first = run_attempt(call, credentials, send, token)
+    if first.verdict is Verdict.SUCCESS:
+        return first.value  # type: ignore[return-value]
+    # The first attempt failed: it is replayed as tenacity's first attempt (nothing is sent
+    # again), so that the policy decides, waits and logs exactly as for every later one.
+    replayed = [first]
+
+    def one() -> T:
+        return settle(replayed.pop() if replayed else run_attempt(call, credentials, send, token))
+
     try:
-        return policy.retrying(before_sleep)(lambda: settle(run_attempt(call, credentials, send, token)))
+        return policy.retrying(before_sleep)(one)
     except FailedAttempt as failed:
         raise failed.error from None
 
@@ -471,8 +482,14 @@ async def perform_async(
     :raises OpportunityError: the last attempt's error.
     """
 
+    first = await run_attempt_async(call, credentials, send, token)
+    if first.verdict is Verdict.SUCCESS:
+        return first.value  # type: ignore[return-value]
+    # As in perform: the failed first attempt is replayed into the retry policy, not resent.
+    replayed = [first]
+
     async def one() -> T:
-        return settle(await run_attempt_async(call, credentials, send, token))
+        return settle(replayed.pop() if replayed else await run_attempt_async(call, credentials, send, token))
 
     try:
         return await policy.async_retrying(before_sleep)(one)

@@ -34,7 +34,7 @@ from airflow_opportunity_provider.flow import (
     perform_async,
 )
 from airflow_opportunity_provider.protocol import Call
-from airflow_opportunity_provider.proxies import proxy_for
+from airflow_opportunity_provider.proxies import ProxyChoice
 from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
 from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
@@ -155,6 +155,7 @@ class AsyncOpportunityClient:
         self.token_cache = token_cache or TokenCache(settings.v2_token)
         self.credentials = Credentials.from_settings(settings, self.token_cache)
         self.retry_policy = RetryPolicy(settings.max_retries, self.backoff)
+        self._proxy = ProxyChoice(settings.proxies, settings.trust_env)
         self._session: aiohttp.ClientSession | None = None
         self._token_lock: asyncio.Lock | None = None
         # Counted per attempt, so a summary can say how many requests a load really sent.
@@ -330,7 +331,7 @@ class AsyncOpportunityClient:
                 data=request.body,
                 headers=dict(request.headers),
                 allow_redirects=False,
-                proxy=proxy_for(request.url, settings.proxies, settings.trust_env),
+                proxy=self._proxy(request.url),
             ) as response:
                 raw = await response.read()
                 status = response.status

@@ -48,7 +48,7 @@ from airflow_opportunity_provider.flow import (
     perform,
 )
 from airflow_opportunity_provider.protocol import Call
-from airflow_opportunity_provider.proxies import proxy_for
+from airflow_opportunity_provider.proxies import ProxyChoice
 from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
 from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
@@ -245,6 +245,7 @@ class OpportunityHook(HttpHook):
         self._settings = settings
         self._session: requests.Session | None = None
         self._token_cache: TokenCache | None = None
+        self._proxy_choice: ProxyChoice | None = None
         # Re-entrant: making the session reads the settings, both under this lock.
         self._setup_lock = threading.RLock()
         self.backoff = backoff or Backoff()
@@ -280,6 +281,13 @@ class OpportunityHook(HttpHook):
                     self._mask(settings)
                     self._settings = settings
         return self._settings
+
+    @property
+    def _proxy(self) -> ProxyChoice:
+        if self._proxy_choice is None:
+            settings = self.settings
+            self._proxy_choice = ProxyChoice(settings.proxies, settings.trust_env)
+        return self._proxy_choice
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -470,7 +478,7 @@ class OpportunityHook(HttpHook):
     def _send(self, request: Request) -> Answer | TransportFault:
         """Send one request over the pooled session; a failure becomes a :class:`TransportFault`."""
         settings = self.settings
-        proxy = proxy_for(request.url, settings.proxies, settings.trust_env)
+        proxy = self._proxy(request.url)
         _TRACKER.sent = False
         try:
             response = self.get_conn().request(

@@ -10,7 +10,9 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from airflow_opportunity_provider.transfers.keys import key_digest
 from airflow_opportunity_provider.transfers.state import IN_FLIGHT, StateWrite, SyncState
 
 MAIN_SYNC = "warehouse_to_crm.load_opportunities"
@@ -48,7 +50,9 @@ def _run(path: Path, sync_name: str, *writes: StateWrite, unknown: tuple[str, ..
     try:
         if unknown:
             state.mark_unknown(
-                list(unknown), "outcome_unknown", "the task was killed while the create was in flight"
+                [key_digest(key) for key in unknown],
+                "outcome_unknown",
+                "the task was killed while the create was in flight",
             )
         state.apply(writes)
     finally:
@@ -57,14 +61,16 @@ def _run(path: Path, sync_name: str, *writes: StateWrite, unknown: tuple[str, ..
     return run_id
 
 
+def _write(key: str, outcome: str, **fields: Any) -> StateWrite:
+    return StateWrite(key, key_digest(key), outcome, **fields)  # type: ignore[arg-type]
+
+
 def _created(key: str, crm_id: int) -> StateWrite:
-    return StateWrite(key, "created", payload_hash=f"h-{key}", crm_id=str(crm_id))
+    return _write(key, "created", payload_hash=f"h-{key}", crm_id=str(crm_id))
 
 
 def _rejected(key: str, code: str, message: str, outcome: str = "rejected") -> StateWrite:
-    return StateWrite(
-        key, outcome, payload_hash=f"h-{key}", error_code=code, error_message=message, reject=True
-    )
+    return _write(key, outcome, payload_hash=f"h-{key}", error_code=code, error_message=message, reject=True)
 
 
 def write_local_state(path: Path) -> dict[str, Expected]:
@@ -76,15 +82,15 @@ def write_local_state(path: Path) -> dict[str, Expected]:
         *(_created(key, 1000 + number) for number, key in enumerate(keys[:12])),
         _rejected(keys[12], "24224", "Contact 918 does not belong to venue 107"),
         _rejected(keys[13], "24224", "Contact 918 does not belong to venue 107"),
-        StateWrite(keys[14], IN_FLIGHT, payload_hash=f"h-{keys[14]}"),
+        _write(keys[14], IN_FLIGHT, payload_hash=f"h-{keys[14]}"),
     )
     _run(
         path,
         MAIN_SYNC,
-        *(StateWrite(key, "updated", payload_hash=f"h2-{key}") for key in keys[:3]),
+        *(_write(key, "updated", payload_hash=f"h2-{key}") for key in keys[:3]),
         _rejected(keys[15], "schema", HOSTILE_MESSAGE),
         # The unknown create is reported again by this run, and not sent.
-        StateWrite(
+        _write(
             keys[14],
             "unknown",
             error_code="outcome_unknown",
@@ -99,7 +105,7 @@ def write_local_state(path: Path) -> dict[str, Expected]:
         path,
         RESOLVE_SYNC,
         _created("r-0", 2000),
-        StateWrite(
+        _write(
             "r-1",
             "unknown",
             payload_hash="h-r-1",
@@ -124,14 +130,14 @@ def write_connection_state(path: Path) -> dict[str, Expected]:
         path,
         NEXUS_SYNC,
         *(
-            StateWrite(key, "updated", payload_hash=f"h-{key}", crm_id=f"{100 + n}/Pre")
+            _write(key, "updated", payload_hash=f"h-{key}", crm_id=f"{100 + n}/Pre")
             for n, key in enumerate(keys)
         ),
     )
     _run(
         path,
         NEXUS_SYNC,
-        *(StateWrite(key, "updated", payload_hash=f"h2-{key}") for key in keys[:5]),
+        *(_write(key, "updated", payload_hash=f"h2-{key}") for key in keys[:5]),
         _rejected(keys[5], "503", "Service unavailable after every retry", outcome="failed"),
         _rejected(keys[6], "503", "Service unavailable after every retry", outcome="failed"),
     )
@@ -141,7 +147,7 @@ def write_connection_state(path: Path) -> dict[str, Expected]:
         *(_created(f"a-{number}", 4000 + number) for number in range(3)),
         _rejected("a-3", "24221", "Invalid stage"),
         _rejected("a-4", "24221", "Invalid stage"),
-        StateWrite(
+        _write(
             "a-5",
             "unknown",
             payload_hash="h-a-5",

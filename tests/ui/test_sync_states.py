@@ -10,6 +10,7 @@ import pytest
 
 from airflow_opportunity_provider.plugins import sync_states
 from airflow_opportunity_provider.plugins.views import LOCAL_STATE_ID
+from airflow_opportunity_provider.transfers.keys import key_digest
 from airflow_opportunity_provider.transfers.state import SyncState
 from tests.ui import sample_states as sample
 
@@ -168,7 +169,8 @@ def test_resolve_records_the_crm_id_so_the_next_run_updates_instead_of_creating(
     state = SyncState.local(states["local"], sync_name=sample.MAIN_SYNC, run_id="next-run")
     state.open()
     try:
-        record = state.lookup(["opp-0014"])["opp-0014"]
+        digest = key_digest("opp-0014")
+        record = state.lookup([digest])[digest]
     finally:
         state.close()
     assert (record.crm_id, record.outcome, record.payload_hash) == ("7777", "created", "h-opp-0014")
