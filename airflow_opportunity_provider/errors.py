@@ -18,7 +18,8 @@ once, in ``answers`` and ``flow``, for both HTTP clients::
         │   ├── OpportunityUnexpectedAnswerError a 2xx that is not the platform's answer (not JSON, no id)
         │   └── OpportunityRequestFailedError    success: false; 405, 406, 460, 461 and other refusals
         ├── OpportunityConnectionError           no answer: could not connect, or the answer was lost
-        └── OpportunityOutcomeUnknownError       a v1 create that may or may not be stored; never resent
+        ├── OpportunityOutcomeUnknownError       a v1 create that may or may not be stored; never resent
+        └── OpportunityAmbiguousMatchError       several CRM records match where one was looked for
 
 Each class says what it means for a row of a bulk load (``row_outcome``: the row is
 ``rejected`` until its data or the CRM changes, ``failed`` and sent again by the next run, or
@@ -271,3 +272,18 @@ class OpportunityOutcomeUnknownError(OpportunityError, AirflowFailException):
     def stops_load(self) -> bool:  # type: ignore[override]
         """A create redirected elsewhere (a wrong address) stops the load like the redirect itself."""
         return bool(self.cause is not None and self.cause.stops_load)
+
+
+class OpportunityAmbiguousMatchError(OpportunityError):
+    """Several CRM records match where at most one may: a reference held twice, or a row that
+    ``match_on`` finds more than once. Nothing is sent for the row; a person picks the record.
+
+    :param message: which records matched and what to do.
+    :param ids: the ids of the records that matched.
+    """
+
+    row_outcome = ROW_REJECTED
+
+    def __init__(self, message: str, *, ids: Sequence[int]) -> None:
+        super().__init__(message)
+        self.ids = list(ids)

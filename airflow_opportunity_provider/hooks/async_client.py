@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -33,8 +33,9 @@ from airflow_opportunity_provider.flow import (
     TransportFault,
     perform_async,
 )
-from airflow_opportunity_provider.protocol import Call
+from airflow_opportunity_provider.protocol import Call, OpportunityPage
 from airflow_opportunity_provider.proxies import ProxyChoice
+from airflow_opportunity_provider.references import ListPaging, holds_reference, lookup_filter, the_one
 from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
 from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
@@ -290,6 +291,71 @@ class AsyncOpportunityClient:
         return await self._perform(
             protocol.v2_get(self.settings, opportunity_id, opportunity_type, language_id)
         )
+
+    async def list_opportunity_page(
+        self,
+        venue_ids: Sequence[int | str] | None,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        start: int = 0,
+        per_page: int = 100,
+    ) -> OpportunityPage:
+        """Read one page of the v1 opportunity list; see ``OpportunityHook.list_opportunity_page``.
+
+        :param venue_ids: the venues to list, or ``None`` for every venue.
+        :param filter: the platform's filter object (the server may ignore it).
+        :param start: the zero-based offset of the first record.
+        :param per_page: the page size to ask for (the server may cap it).
+        """
+        return await self._perform(
+            protocol.v1_list(
+                self.settings, venue_ids=venue_ids, filter=filter, start=start, per_page=per_page
+            )
+        )
+
+    async def list_opportunities(
+        self,
+        venue_ids: Sequence[int | str] | None,
+        filter: Mapping[str, Any] | None = None,
+        per_page: int = 100,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every record of the v1 opportunity list, page after page; see ``OpportunityHook.list_opportunities``.
+
+        :param venue_ids: the venues to list, or ``None`` for every venue.
+        :param filter: the platform's filter object (the server may ignore it).
+        :param per_page: the page size to ask for (the server may cap it).
+        """
+        paging = ListPaging(per_page)
+        start: int | None = 0
+        while start is not None:
+            page = await self.list_opportunity_page(venue_ids, filter, start=start, per_page=per_page)
+            for record in page.results:
+                yield record
+            start = paging.next_start(page)
+
+    async def find_by_reference(
+        self,
+        reference: str,
+        venue_id: int | str,
+        name: str | None = None,
+        created_after: float | None = None,
+    ) -> dict[str, Any] | None:
+        """The one v1 record whose ``externalUrls`` holds ``reference``, or ``None``; see
+        ``OpportunityHook.find_by_reference``.
+
+        :param reference: the external URL ``ref``.
+        :param venue_id: the record's venue.
+        :param name: the record's name when it was created, or ``None``.
+        :param created_after: epoch seconds before which the record cannot have been created.
+        :raises OpportunityAmbiguousMatchError: more than one record holds the reference.
+        """
+        records = [
+            record
+            async for record in self.list_opportunities([venue_id], lookup_filter(name, created_after))
+            if holds_reference(record, reference)
+        ]
+        found = the_one(reference, records)
+        return None if found is None else next(r for r in records if int(r["id"]) == found)
 
     # -- the call flow's transport -------------------------------------------------------
 

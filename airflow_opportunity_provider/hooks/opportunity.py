@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,8 +47,9 @@ from airflow_opportunity_provider.flow import (
     TransportFault,
     perform,
 )
-from airflow_opportunity_provider.protocol import Call
+from airflow_opportunity_provider.protocol import Call, OpportunityPage
 from airflow_opportunity_provider.proxies import ProxyChoice
+from airflow_opportunity_provider.references import ListPaging, holds_reference, lookup_filter, the_one
 from airflow_opportunity_provider.retries import Backoff, RetryPolicy, failed_attempt
 from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload, check_put_request
 
@@ -433,6 +434,77 @@ class OpportunityHook(HttpHook):
                 None if language_id is None else int(language_id),
             )
         )
+
+    def list_opportunity_page(
+        self,
+        venue_ids: Sequence[int | str] | None,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        start: int = 0,
+        per_page: int = 100,
+    ) -> OpportunityPage:
+        """Read one page of the v1 opportunity list (``crm?action=getOpportunityList``).
+
+        :param venue_ids: the venues to list, or ``None`` for every venue.
+        :param filter: the platform's filter object (``{"name": "x", "stageId__NOT": 3}``); the
+            server may ignore it, so check each record yourself.
+        :param start: the zero-based offset of the first record.
+        :param per_page: the page size to ask for (the server may cap it).
+        """
+        return self._perform(
+            protocol.v1_list(
+                self.settings, venue_ids=venue_ids, filter=filter, start=start, per_page=per_page
+            )
+        )
+
+    def list_opportunities(
+        self,
+        venue_ids: Sequence[int | str] | None,
+        filter: Mapping[str, Any] | None = None,
+        per_page: int = 100,
+    ) -> Iterator[dict[str, Any]]:
+        """Every record of the v1 opportunity list, page after page (a read: retried like any).
+
+        The pages read are bounded by the first page's ``totalResults``; the server may ignore
+        ``filter`` (its support is not documented), so check every record you act on.
+
+        :param venue_ids: the venues to list, or ``None`` for every venue.
+        :param filter: the platform's filter object.
+        :param per_page: the page size to ask for (the server may cap it).
+        """
+        paging = ListPaging(per_page)
+        start: int | None = 0
+        while start is not None:
+            page = self.list_opportunity_page(venue_ids, filter, start=start, per_page=per_page)
+            yield from page.results
+            start = paging.next_start(page)
+
+    def find_by_reference(
+        self,
+        reference: str,
+        venue_id: int | str,
+        name: str | None = None,
+        created_after: float | None = None,
+    ) -> dict[str, Any] | None:
+        """The one v1 record whose ``externalUrls`` holds ``reference``, or ``None``.
+
+        ``name`` and ``created_after`` narrow the list when the server honours them; each
+        candidate is checked here either way.
+
+        :param reference: the external URL ``ref`` (``references.reference_for``).
+        :param venue_id: the record's venue.
+        :param name: the record's name when it was created, or ``None``.
+        :param created_after: epoch seconds before which the record cannot have been created
+            (a day of slack is added for clocks), or ``None``.
+        :raises OpportunityAmbiguousMatchError: more than one record holds the reference.
+        """
+        records = [
+            record
+            for record in self.list_opportunities([venue_id], lookup_filter(name, created_after))
+            if holds_reference(record, reference)
+        ]
+        found = the_one(reference, records)
+        return None if found is None else next(r for r in records if int(r["id"]) == found)
 
     def ping_v1(self) -> None:
         """Send the v1 platform's signed connectivity check (``test?action=ping``)."""

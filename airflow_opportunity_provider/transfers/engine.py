@@ -31,14 +31,16 @@ from airflow_opportunity_provider.errors import (
     OpportunityConfigurationError,
     OpportunityConnectionError,
     OpportunityError,
+    OpportunityNotFoundError,
     OpportunityOutcomeUnknownError,
     PayloadValidationError,
 )
 from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClient
+from airflow_opportunity_provider.references import DEFAULT_REFERENCE_LABEL, reference_entry, reference_for
 from airflow_opportunity_provider.schemas import CheckedPutRequest, CheckedV1Payload
 from airflow_opportunity_provider.transfers.group_commit import StateThread
 from airflow_opportunity_provider.transfers.keys import key_digest
-from airflow_opportunity_provider.transfers.outcomes import Outcome
+from airflow_opportunity_provider.transfers.outcomes import UNRESOLVED, Outcome
 from airflow_opportunity_provider.transfers.planner import (
     OUTCOME_UNKNOWN,
     UNKNOWN_MESSAGE,
@@ -46,10 +48,20 @@ from airflow_opportunity_provider.transfers.planner import (
     Decision,
     Policy,
     Write,
+    adopt,
+    ambiguous,
     plan,
+    recreate,
 )
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
+from airflow_opportunity_provider.transfers.reconcile import (
+    DEFAULT_UNKNOWN_GRACE_SECONDS,
+    FOUND,
+    PENDING,
+    Matcher,
+    Reconciler,
+)
 from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
 from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource
 from airflow_opportunity_provider.transfers.state import (
@@ -76,6 +88,11 @@ _RENEWALS_PER_LEASE = 3
 # The create-hint fields: enough to look a lost create up in the CRM later.
 _HINT_FIELDS = ("venueId", "name")
 DEFAULT_LEASE_SECONDS = 120.0
+LOST_CREATE = "lost_create"
+LOST_MESSAGE = (
+    "the create's outcome was unknown and its reference is not in the CRM after the grace period: "
+    "it was not stored, and the row is created again (with the same reference) when it is next read"
+)
 
 
 @dataclass
@@ -96,6 +113,16 @@ class EngineSettings:
     :param max_unknown: the most unresolved creates the verdict allows.
     :param dag_id: the DAG of the run, for the runs table.
     :param task_id: the task of the run, for the runs table.
+    :param reference: v1: put the sync's reference on every record and settle unknown creates
+        by looking it up in the CRM.
+    :param reference_url: the reference entry's https URL template (``{key}``, ``{sync_name}``).
+    :param reference_label: the reference entry's label.
+    :param unknown_grace_seconds: how old an unknown create must be before "not in the CRM"
+        means it was lost (and it is created again).
+    :param match_on: v1: payload fields by which a row with no CRM id adopts an existing record.
+    :param on_missing_record: ``"reject"`` or ``"recreate"`` a row whose stored record the CRM
+        no longer holds.
+    :param list_page_size: the page size the CRM's list is read with.
     """
 
     target: Target
@@ -112,6 +139,13 @@ class EngineSettings:
     max_unknown: Threshold = 0
     dag_id: str | None = None
     task_id: str | None = None
+    reference: bool = True
+    reference_url: str | None = None
+    reference_label: str | None = DEFAULT_REFERENCE_LABEL
+    unknown_grace_seconds: float = DEFAULT_UNKNOWN_GRACE_SECONDS
+    match_on: tuple[str, ...] | None = None
+    on_missing_record: Literal["reject", "recreate"] = "reject"
+    list_page_size: int = 100
 
 
 @dataclass(slots=True)
@@ -123,6 +157,10 @@ class _Work:
     request: CheckedV1Payload | CheckedPutRequest
     payload_hash: str
     creates: bool
+    #: The update's id is the one the state holds (so a record gone from the CRM may be recreated).
+    id_from_state: bool = False
+    #: The update adopts a record the CRM already held (``match_on``).
+    adopts: bool = False
 
 
 @dataclass
@@ -144,6 +182,14 @@ class RunResult:
     last_commit_at: float | None = None
     started_at: str | None = None
     summary: SyncSummary | None = None
+    #: Unknown creates settled by looking their reference up in the CRM.
+    reconciled: int = 0
+    #: Rows that adopted a record the CRM already held (``match_on``).
+    adopted: int = 0
+    #: Rows whose stored record the CRM no longer holds.
+    missing: int = 0
+    #: Pages of the CRM's list read to reconcile and to match.
+    lookup_requests: int = 0
 
     @property
     def load_seconds(self) -> float | None:
@@ -202,7 +248,15 @@ class _Run:
         self.state = state
         self.client = client
         self.progress = progress
-        self.policy = Policy(settings.target, settings.on_unknown)
+        self.sync_name = state.sync_name
+        self.references = settings.reference and settings.target == "v1"
+        self.policy = Policy(
+            settings.target, settings.on_unknown, self._reference_entry if self.references else None
+        )
+        self.reconciler: Reconciler | None = None
+        self.matcher: Matcher | None = None
+        # This run's creates answered "unknown": looked up, and maybe created again, at the end.
+        self._unknown_work: dict[str, _Work] = {}
         self.sending = not settings.dry_run and client is not None
         self.counts = RunCounts()
         self.result = RunResult(self.counts, started_at=_utc_now())
@@ -267,6 +321,16 @@ class _Run:
             self._source_thread.shutdown(wait=True)
         return self.result
 
+    def _reference_entry(self, key: str) -> dict[str, Any]:
+        settings = self.settings
+        return reference_entry(
+            reference_for(self.sync_name, key),
+            label=settings.reference_label,
+            url_template=settings.reference_url,
+            sync_name=self.sync_name,
+            key=key,
+        )
+
     def _open_source(self) -> None:
         self._seen = SeenKeys()
         self.source.open()
@@ -327,8 +391,16 @@ class _Run:
 
     async def _send_all(self, client: AsyncOpportunityClient) -> None:
         progress = asyncio.create_task(self.progress.run(self.counts))
+        settings = self.settings
         async with client:
-            workers = [asyncio.create_task(self._worker(client)) for _ in range(self.settings.concurrency)]
+            if self.references:
+                self.reconciler = Reconciler(
+                    client, self.sync_name, settings.unknown_grace_seconds, per_page=settings.list_page_size
+                )
+                await self._reconcile_earlier_creates(self.reconciler)
+            if settings.match_on and settings.target == "v1":
+                self.matcher = Matcher(client, settings.match_on, per_page=settings.list_page_size)
+            workers = [asyncio.create_task(self._worker(client)) for _ in range(settings.concurrency)]
             try:
                 await self._plan()
             except BaseException as error:
@@ -338,11 +410,106 @@ class _Run:
                     await self._queue.put(None)
                 await asyncio.gather(*workers, return_exceptions=True)
                 progress.cancel()
+            if self._abort is None and self.reconciler is not None and self._unknown_work:
+                await self._flush_writes()
+                await self._reconcile_this_run(client, self.reconciler)
+            self._count_lookups()
         if self._abort is not None:
             raise self._abort
         await self._flush_writes()
         if self.result.first_request_at is not None:
             self.result.last_commit_at = time.monotonic()
+
+    def _count_lookups(self) -> None:
+        self.result.lookup_requests = sum(
+            helper.pages_read for helper in (self.reconciler, self.matcher) if helper is not None
+        )
+
+    async def _reconcile_earlier_creates(self, reconciler: Reconciler) -> None:
+        """Before the first row: settle every unresolved create of the partition by its reference.
+
+        Found, the row is ``created`` with the record's id. Lost (not in the CRM after the grace
+        period), it is marked so that the planner creates it again, with the same reference,
+        when the query returns its row. Otherwise it stays unknown.
+        """
+        assert self.state_thread is not None
+        records = await self._on_state_thread(self.state.unresolved)
+        if not records:
+            return
+        resolutions = await reconciler.resolve(records)
+        writes: list[StateWrite] = []
+        for record in records:
+            resolution = resolutions.get(record.digest)
+            if resolution is None or resolution.status == PENDING:
+                continue
+            if resolution.status == FOUND:
+                self.result.reconciled += 1
+                writes.append(
+                    StateWrite(record.key, record.digest, Outcome.CREATED, crm_id=str(resolution.crm_id))
+                )
+            else:
+                writes.append(
+                    StateWrite(
+                        record.key,
+                        record.digest,
+                        Outcome.FAILED,
+                        error_code=LOST_CREATE,
+                        error_message=LOST_MESSAGE,
+                        reject=True,
+                    )
+                )
+        if writes:
+            await self.state_thread.write(*writes)
+        log.info(
+            "Reconciled %d earlier unknown create(s) with the CRM: %d found, %d lost (created again "
+            "when their rows are read), %d still unknown.",
+            len(records),
+            self.result.reconciled,
+            len(writes) - self.result.reconciled,
+            len(records) - len(writes),
+        )
+
+    async def _reconcile_this_run(self, client: AsyncOpportunityClient, reconciler: Reconciler) -> None:
+        """After the last row: look up this run's unknown creates; found ones are ``created``, lost
+        ones (past the grace period) are created again once."""
+        assert self.state_thread is not None
+        pending = dict(self._unknown_work)
+        stored = await self._on_state_thread(self.state.lookup, list(pending))
+        records = [record for record in stored.values() if record.outcome in UNRESOLVED]
+        resolutions = await reconciler.resolve(records)
+        counts = self.counts
+        again: list[_Work] = []
+        writes: list[StateWrite] = []
+        for record in records:
+            resolution = resolutions.get(record.digest)
+            if resolution is None or resolution.status == PENDING:
+                continue
+            work = pending[record.digest]
+            counts.outcomes[Outcome.UNKNOWN] -= 1
+            counts.shown_rejects = [
+                shown for shown in counts.shown_rejects if shown[0] != _brief_key(work.key)
+            ]
+            self._logged_unknown.discard(record.digest)
+            if resolution.status == FOUND:
+                self.result.reconciled += 1
+                counts.add(Outcome.CREATED)
+                writes.append(
+                    StateWrite(
+                        work.key,
+                        work.digest,
+                        Outcome.CREATED,
+                        payload_hash=work.payload_hash,
+                        crm_id=str(resolution.crm_id),
+                    )
+                )
+            else:
+                again.append(work)
+        if writes:
+            await self.state_thread.write(*writes)
+        for work in again:
+            # Not in the CRM after the grace period: the create was lost; send it once more.
+            carry = await self._send_one(client, self.state_thread, work, [])
+            await self.state_thread.write(*carry)
 
     async def _flush_writes(self) -> None:
         """Wait until every write queued so far is committed (or raise why it could not be)."""
@@ -435,6 +602,9 @@ class _Run:
             state_table=state.table,
             rejects_table=state.rejects_table,
             unknown_from_interrupted_runs=result.interrupted_creates,
+            reconciled=result.reconciled,
+            adopted=result.adopted,
+            missing=result.missing,
             first_problems=problems,
             stopped_early=None if fatal is None else f"{type(fatal).__name__}: {fatal}",
             max_rejected=settings.max_rejected,
@@ -522,6 +692,9 @@ class _Run:
                 return
             counts.rows += 1
             decision = plan(row, records.get(row.digest) if row.digest else None, policy)
+            adopts = False
+            if self.matcher is not None and decision.action is Action.CREATE:
+                decision, adopts = await self._match(row, decision, self.matcher)
             if decision.action is Action.NOTHING:
                 assert decision.outcome is not None
                 counts.add(decision.outcome, row.key, decision.code or "", decision.message or "")
@@ -533,11 +706,36 @@ class _Run:
                 assert decision.request is not None
                 assert row.payload_hash is not None
                 await self._queue.put(
-                    _Work(row.key, row.digest, decision.request, row.payload_hash, decision.creates)
+                    _Work(
+                        row.key,
+                        row.digest,
+                        decision.request,
+                        row.payload_hash,
+                        decision.creates,
+                        decision.id_from_state,
+                        adopts,
+                    )
                 )
                 continue
             if number % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
+
+    async def _match(self, row: SourceRow, decision: Decision, matcher: Matcher) -> tuple[Decision, bool]:
+        """A create, or the update that adopts the one record ``match_on`` finds for the row."""
+        assert row.payload is not None
+        reference = reference_for(self.sync_name, row.key) if self.references else None
+        ids = await matcher.candidates(row.payload, reference)
+        if not ids:
+            return decision, False
+        fields = ", ".join(matcher.fields)
+        if len(ids) > 1:
+            return ambiguous(ids, f"{len(ids)} CRM records of the venue match on {fields}"), False
+        earlier = matcher.claim(ids[0], row.key)
+        if earlier is not None:
+            return ambiguous(
+                ids, f"the one record matching on {fields} was already adopted by key {earlier!r}"
+            ), False
+        return adopt(decision, ids[0]), True
 
     def _write_unsent(self, row: SourceRow, decision: Decision) -> None:
         """Record a row that is not sent: a reject row, and its outcome when it has a key to store."""
@@ -613,6 +811,16 @@ class _Run:
             else:
                 await client.put_opportunity_request(request)
                 outcome, crm_id = Outcome.UPDATED, f"{request.opportunity_id}/{request.opportunity_type}"
+        except OpportunityNotFoundError as error:
+            if not work.creates:
+                self.result.missing += 1
+                replacement = self._recreation(work)
+                if replacement is not None:
+                    # The stored record is gone and the user asked for it to be created again.
+                    return await self._send_one(client, writer, replacement, [])
+            outcome, code, message = _outcome_of_error(error)
+            if not work.creates:
+                message = _missing_message(work, message)
         except OpportunityError as error:
             outcome, code, message = _outcome_of_error(error)
             if error.stops_load:
@@ -620,11 +828,15 @@ class _Run:
                 fatal = error
         if outcome in (Outcome.CREATED, Outcome.UPDATED):
             self.counts.add(outcome)
+            if work.adopts:
+                self.result.adopted += 1
             result = StateWrite(work.key, work.digest, outcome, payload_hash=work.payload_hash, crm_id=crm_id)
         else:
             self.counts.add(outcome, work.key, code, message)
             if outcome == Outcome.UNKNOWN:
                 self._logged_unknown.add(work.digest)
+                if work.creates:
+                    self._unknown_work[work.digest] = work
             result = StateWrite(
                 work.key,
                 work.digest,
@@ -637,6 +849,39 @@ class _Run:
             await writer.write(result)
             raise fatal
         return [result]
+
+    def _recreation(self, work: _Work) -> _Work | None:
+        """The create that replaces an update of a record the CRM no longer holds, when asked for."""
+        request = work.request
+        if (
+            self.settings.on_missing_record != "recreate"
+            or not work.id_from_state
+            or not isinstance(request, CheckedV1Payload)
+        ):
+            return None
+        try:
+            create = recreate(request)
+        except PayloadValidationError as error:
+            log.warning("Row %s cannot be created again: %s", work.key, error.summary)
+            return None
+        return _Work(work.key, work.digest, create, work.payload_hash, creates=True)
+
+
+def _missing_message(work: _Work, answer: str) -> str:
+    request = work.request
+    if isinstance(request, CheckedV1Payload):
+        record = f"record {request.fields.get('id')}"
+    else:
+        record = f"{request.opportunity_type} opportunity {request.opportunity_id}"
+    origin = "the state holds for this row" if work.id_from_state else "the row's payload names"
+    return (
+        f"the CRM no longer holds the {record} {origin} (deleted or merged there): {answer}. The row "
+        "is rejected until it is resolved to another id, or run with on_missing_record='recreate' (v1)."
+    )
+
+
+def _brief_key(key: str) -> str:
+    return key if len(key) <= 120 else key[:117] + "..."
 
 
 async def run_sync(

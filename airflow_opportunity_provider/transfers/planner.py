@@ -21,18 +21,21 @@ The rules, in precedence order (the first that applies decides):
    id kept as in rule 4.
 7. **v1**: a row whose key has a CRM id is sent as an update of that id (create-once); one
    without is created, and the engine commits the create's in-flight mark before it is sent.
-   A payload that carries its own ``id`` is an update of that id.
+   A payload that carries its own ``id`` is an update of that id. With a reference (the
+   default), every v1 payload carries the sync's ``externalUrls`` entry for its key, next to the
+   mapping's own entries; more than the platform keeps is ``rejected`` with ``external_urls``.
 8. **v2**: the row is sent as a put of the ``Id`` its payload carries.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from airflow_opportunity_provider.errors import PayloadValidationError
+from airflow_opportunity_provider.references import with_reference
 from airflow_opportunity_provider.schemas import (
     CheckedPutRequest,
     CheckedV1Payload,
@@ -49,6 +52,8 @@ MAPPING_PROBLEM = "mapping"
 SCHEMA_PROBLEM = "schema"
 DUPLICATE_KEY = "duplicate_key"
 OUTCOME_UNKNOWN = "outcome_unknown"
+EXTERNAL_URLS_PROBLEM = "external_urls"
+AMBIGUOUS_MATCH = "ambiguous_match"
 
 UNKNOWN_MESSAGE = (
     "an earlier create of this row may or may not be stored; it is not sent again until it is "
@@ -107,10 +112,12 @@ class Policy:
 
     :param target: ``"v1"`` (add-or-update) or ``"v2"`` (put).
     :param on_unknown: ``"skip"`` or ``"resend"`` a row whose create is unresolved.
+    :param reference: the ``externalUrls`` entry of a row's key (v1), or ``None`` to send none.
     """
 
     target: Target
     on_unknown: Literal["skip", "resend"] = "skip"
+    reference: Callable[[str], Mapping[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +130,7 @@ class Decision:
     :param code: the reason code of a row that is not loaded.
     :param message: its reason.
     :param request: the checked request to send.
+    :param id_from_state: the update's id is the one the state holds for the key (not the payload's).
     """
 
     action: Action
@@ -131,6 +139,7 @@ class Decision:
     code: str | None = None
     message: str | None = None
     request: CheckedV1Payload | CheckedPutRequest | None = None
+    id_from_state: bool = False
 
     @property
     def creates(self) -> bool:
@@ -183,10 +192,59 @@ def _request(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
     try:
         if policy.target == "v2":
             return Decision(Action.UPDATE, request=check_put_request(payload))
-        if stored is not None and stored.crm_id and payload.get("id") in (None, ""):
+        from_state = bool(stored is not None and stored.crm_id and payload.get("id") in (None, ""))
+        if from_state:
             # Create-once: a row created before is from now on an update of that record.
+            assert stored is not None
             payload = {**payload, "id": stored.crm_id}
+        if policy.reference is not None:
+            try:
+                payload = with_reference(payload, policy.reference(row.key))
+            except ValueError as error:
+                return _rejected(EXTERNAL_URLS_PROBLEM, str(error), Write.STATE_AND_REJECT)
         checked = check_add_or_update_payload(payload)
     except PayloadValidationError as error:
         return _rejected(SCHEMA_PROBLEM, error.summary, Write.STATE_AND_REJECT)
-    return Decision(Action.CREATE if checked.creates else Action.UPDATE, request=checked)
+    action = Action.CREATE if checked.creates else Action.UPDATE
+    return Decision(action, request=checked, id_from_state=from_state)
+
+
+def adopt(decision: Decision, crm_id: int) -> Decision:
+    """A create turned into an update of a record the CRM already holds (``match_on``).
+
+    :param decision: a create decision.
+    :param crm_id: the id of the one record that matched.
+    """
+    request = decision.request
+    assert isinstance(request, CheckedV1Payload)
+    assert decision.creates
+    try:
+        checked = check_add_or_update_payload({**request.fields, "id": crm_id})
+    except PayloadValidationError as error:  # pragma: no cover - a create's fields also make an update
+        return _rejected(SCHEMA_PROBLEM, error.summary, Write.STATE_AND_REJECT)
+    return Decision(Action.UPDATE, request=checked)
+
+
+def recreate(request: CheckedV1Payload) -> CheckedV1Payload:
+    """The create of a row whose stored record the CRM no longer holds (``on_missing_record="recreate"``).
+
+    :param request: the update that was answered "does not exist".
+    :raises PayloadValidationError: the row's fields are not enough to create a record.
+    """
+    fields = {name: value for name, value in request.fields.items() if name != "id"}
+    return check_add_or_update_payload(fields)
+
+
+def ambiguous(ids: list[int], why: str) -> Decision:
+    """The rejection of a row that ``match_on`` matches with more than one record.
+
+    :param ids: the candidates' ids.
+    :param why: what matched.
+    """
+    listed = ", ".join(map(str, ids))
+    return _rejected(
+        AMBIGUOUS_MATCH,
+        f"{why} ({listed}); nothing was sent. Resolve it to one of them (opportunity-sync resolve) "
+        "or make the records tell apart, then run again.",
+        Write.STATE_AND_REJECT,
+    )

@@ -21,6 +21,7 @@ from airflow_opportunity_provider.hooks.async_client import AsyncOpportunityClie
 from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 from airflow_opportunity_provider.lineage import sync_asset, sync_lineage
 from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, V2_OPPORTUNITIES
+from airflow_opportunity_provider.references import DEFAULT_REFERENCE_LABEL, check_url_template
 from airflow_opportunity_provider.transfers.engine import (
     DEFAULT_LEASE_SECONDS,
     EngineSettings,
@@ -29,6 +30,7 @@ from airflow_opportunity_provider.transfers.engine import (
 )
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
 from airflow_opportunity_provider.transfers.rate_limit import SharedRateLimiter
+from airflow_opportunity_provider.transfers.reconcile import DEFAULT_UNKNOWN_GRACE_SECONDS
 from airflow_opportunity_provider.transfers.source import SqlSource, get_db_hook
 from airflow_opportunity_provider.transfers.state import (
     DEFAULT_STATE_TABLE,
@@ -146,6 +148,20 @@ class SqlToOpportunityOperator(BaseOperator):
         (it is renewed while the run goes); a second run of the same partition fails while it holds.
     :param lease_wait_seconds: how long a run waits for another run's lease before failing (0:
         fail at once, naming the holder).
+    :param reference: v1: put the sync's reference (an ``externalUrls`` entry whose ``ref`` is
+        derived from the sync name and the row's key) on every record, and settle creates with an
+        unknown outcome by looking it up in the CRM. ``False`` sends none; unknowns are then left
+        to a person.
+    :param reference_url: an https URL template with ``{key}`` and ``{sync_name}`` for the
+        reference entry (a link back to the source row); ``None`` sends ``ref`` and ``label`` only.
+    :param reference_label: the reference entry's label (``None`` for none).
+    :param unknown_grace_seconds: how old an unknown create must be before "not found in the
+        CRM" is trusted to mean it was lost (it is then created again, with the same reference).
+    :param match_on: v1: payload fields (e.g. ``["name"]`` or ``["name", "contactId"]``) by which a
+        row with no CRM id adopts the one record of its venue the CRM already holds; several
+        matches reject the row with ``ambiguous_match``. ``None``: every new row is created.
+    :param on_missing_record: what to do with a row whose stored record the CRM no longer holds
+        (v1 24222, v2 404): ``"reject"`` it until someone acts, or ``"recreate"`` it (v1 only).
     """
 
     template_fields: Sequence[str] = ("sql", "sync_name", "state_conn_id")
@@ -179,6 +195,12 @@ class SqlToOpportunityOperator(BaseOperator):
         count_source_rows: bool = True,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         lease_wait_seconds: float = 0.0,
+        reference: bool = True,
+        reference_url: str | None = None,
+        reference_label: str | None = DEFAULT_REFERENCE_LABEL,
+        unknown_grace_seconds: float = DEFAULT_UNKNOWN_GRACE_SECONDS,
+        match_on: Sequence[str] | None = None,
+        on_missing_record: Literal["reject", "recreate"] = "reject",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -215,6 +237,35 @@ class SqlToOpportunityOperator(BaseOperator):
         _seconds("lease_seconds", lease_seconds, allow_zero=False)
         _seconds("lease_wait_seconds", lease_wait_seconds)
         _flag("dry_run", dry_run)
+        _flag("reference", reference)
+        reference_url = check_url_template(reference_url)
+        if reference_label is not None and (
+            not isinstance(reference_label, str) or len(reference_label) > 255
+        ):
+            raise ValueError(
+                f"reference_label must be text of at most 255 characters or None; got {reference_label!r}."
+            )
+        _seconds("unknown_grace_seconds", unknown_grace_seconds)
+        if on_missing_record not in ("reject", "recreate"):
+            raise ValueError(f"on_missing_record must be 'reject' or 'recreate'; got {on_missing_record!r}.")
+        if on_missing_record == "recreate" and target == "v2":
+            raise ValueError(
+                "on_missing_record='recreate' needs target='v1': the v2 platform only updates records "
+                "(a put cannot create one). Use 'reject' for v2."
+            )
+        if match_on is not None:
+            fields = [match_on] if isinstance(match_on, str) else list(match_on)
+            if not fields or not all(isinstance(name, str) and name for name in fields):
+                raise ValueError(
+                    f"match_on must be None or a non-empty list of payload field names; got {match_on!r}."
+                )
+            if target == "v2":
+                raise ValueError("match_on needs target='v1': v2 rows name their record (Id) themselves.")
+            if "id" in fields:
+                raise ValueError(
+                    "match_on cannot use 'id': a row with an id is an update of that record already."
+                )
+            match_on = tuple(fields)
         _flag("count_source_rows", count_source_rows)
         if sync_name is not None:
             if not isinstance(sync_name, str):
@@ -252,6 +303,12 @@ class SqlToOpportunityOperator(BaseOperator):
         self.count_source_rows = count_source_rows
         self.lease_seconds = float(lease_seconds)
         self.lease_wait_seconds = float(lease_wait_seconds)
+        self.reference = reference
+        self.reference_url = reference_url
+        self.reference_label = reference_label
+        self.unknown_grace_seconds = float(unknown_grace_seconds)
+        self.match_on: tuple[str, ...] | None = None if match_on is None else tuple(match_on)
+        self.on_missing_record: Literal["reject", "recreate"] = on_missing_record
         self.last_summary: dict[str, Any] | None = None
         # A finished sync updates its Asset, so downstream DAGs can be scheduled on it. A
         # templated sync name is only known at run time: such a task declares no outlet.
@@ -352,7 +409,8 @@ class SqlToOpportunityOperator(BaseOperator):
             f", partition {self.partition_index} of {self.partition_count}"
             if self.partition_count > 1
             else "",
-            f", on_unknown={self.on_unknown}",
+            f", on_unknown={self.on_unknown}, reference={self.reference}, match_on={self.match_on}, "
+            f"on_missing_record={self.on_missing_record}",
         )
         settings = EngineSettings(
             target=self.target,
@@ -368,6 +426,12 @@ class SqlToOpportunityOperator(BaseOperator):
             max_unknown=self.max_unknown,
             dag_id=self.dag_id if self.has_dag() else None,
             task_id=self.task_id,
+            reference=self.reference,
+            reference_url=self.reference_url,
+            reference_label=self.reference_label,
+            unknown_grace_seconds=self.unknown_grace_seconds,
+            match_on=self.match_on,
+            on_missing_record=self.on_missing_record,
         )
         progress = ProgressReporter(self.progress_interval, logger=self.log)
         if self.count_source_rows:

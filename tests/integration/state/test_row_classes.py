@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +73,9 @@ def _operator(database: Database, **options: Any) -> SqlToOpportunityOperator:
         "sync_name": "rows.sync",
         "concurrency": 4,
         "progress_interval": 0,
+        # These tests are about the state's own rules for an unknown create; looking creates up
+        # in the CRM by their reference is tested where it is switched on.
+        "reference": False,
         **options,
     }
     return SqlToOpportunityOperator(**settings)
@@ -104,9 +108,10 @@ def test_an_unknown_create_stays_unknown_whatever_the_row_brings_later(
 ) -> None:
     long_a, long_b = "k" * 600 + "A", "k" * 600 + "B"  # one 500-character prefix, two keys
     _warehouse(tmp_path / "w.db", monkeypatch, [("R1", "one"), ("R2", "two"), (long_a, "la"), (long_b, "lb")])
-    # Every answer to a create is lost after the server stored it: all four are unknown.
+    # Every answer to a create is lost after the server stored it: all four are unknown. Without
+    # a reference the CRM cannot be asked (with one, each is found: the chaos tests show it).
     mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
-    summary, failure = run(_operator(lease_database))
+    summary, failure = run(_operator(lease_database, reference=False))
     assert failure is not None
     assert summary["unknown"] == 4
     assert len(mock_crm.store.v1_records()) == 4
@@ -119,17 +124,33 @@ def test_an_unknown_create_stays_unknown_whatever_the_row_brings_later(
             raise KeyError("venue_id")
         return {field: row[column] for field, column in MAPPING.items()}
 
-    summary, failure = run(_operator(lease_database, mapping=mapping, max_unknown=4))
+    summary, failure = run(_operator(lease_database, mapping=mapping, max_unknown=4, reference=False))
     assert failure is not None  # no row loaded: never green
     assert (summary["unknown"], summary["rejected"], summary["requests_sent"]) == (4, 0, 0)
     assert {outcome for outcome, _ in _state(lease_database).values()} == {"unknown"}
 
     # And the run after that creates none of them again.
-    summary, _ = run(_operator(lease_database, max_unknown=4))
+    summary, _ = run(_operator(lease_database, max_unknown=4, reference=False))
     assert summary["requests_sent"] == 0
     records = _records(mock_crm)
     assert sorted(records) == sorted(["R1", "R2", long_a, long_b])
     assert all(len(found) == 1 for found in records.values())
+
+
+def test_with_a_reference_the_same_lost_answers_are_found_for_each_long_key(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_a, long_b = "k" * 600 + "A", "k" * 600 + "B"
+    _warehouse(tmp_path / "w.db", monkeypatch, [("R1", "one"), (long_a, "la"), (long_b, "lb")])
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    summary, failure = run(_operator(lease_database, reference=True))
+    assert failure is None, failure
+    assert (summary["created"], summary["unknown"], summary["reconciled"]) == (3, 0, 3)
+    records = _records(mock_crm)
+    state = _state(lease_database)
+    assert {key: crm_id for key, (_, crm_id) in state.items()} == {
+        key: str(found[0]["id"]) for key, found in records.items()
+    }
 
 
 def test_long_keys_are_never_cut_onto_a_neighbour(
@@ -294,6 +315,14 @@ SqlToOpportunityOperator(task_id="load", progress_interval=0, **options).execute
 """
 
 
+def _stderr(child: subprocess.Popen[bytes]) -> str:
+    """What a child wrote to its stderr file so far."""
+    return Path(_STDERR[child.pid]).read_text(errors="replace")
+
+
+_STDERR: dict[int, str] = {}
+
+
 def _start_child(database: Database, **options: Any) -> subprocess.Popen[bytes]:
     settings = {
         "sql": SQL,
@@ -306,19 +335,25 @@ def _start_child(database: Database, **options: Any) -> subprocess.Popen[bytes]:
         "concurrency": 4,
         **options,
     }
-    return subprocess.Popen(
-        [sys.executable, "-c", _CHILD, json.dumps(settings)],
-        cwd=REPO,
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    # A file, not a pipe: a child that logs more than a pipe holds would block on a write
+    # nobody reads until it exits, and look like a hang.
+    with tempfile.NamedTemporaryFile(prefix="child-stderr-", suffix=".log", delete=False) as stderr:
+        stderr_path = stderr.name
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, json.dumps(settings)],
+            cwd=REPO,
+            env=os.environ.copy(),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    _STDERR[child.pid] = stderr_path
+    return child
 
 
 def _wait_for(condition: Callable[[], bool], child: subprocess.Popen[bytes], what: str) -> None:
     deadline = time.monotonic() + 60
     while not condition():
-        assert child.poll() is None, (child.stderr.read().decode() if child.stderr else "") or what
+        assert child.poll() is None, _stderr(child) or what
         assert time.monotonic() < deadline, what
         time.sleep(0.01)
 
@@ -338,7 +373,7 @@ def test_a_second_run_of_a_partition_fails_fast_naming_the_first_and_no_key_is_c
         assert "being loaded by sync run" in str(held.value)
         assert "lease expires" in str(held.value)
         assert held.value.host
-        assert child.wait(timeout=60) == 0, child.stderr.read().decode() if child.stderr else ""
+        assert child.wait(timeout=60) == 0, _stderr(child)
     finally:
         if child.poll() is None:
             child.kill()
@@ -394,8 +429,7 @@ def test_a_run_that_lost_its_lease_while_stalled_sends_no_create_after(
         zombie.send_signal(signal.SIGCONT)
         zombie.wait(timeout=60)
         assert zombie.returncode != 0
-        stderr = zombie.stderr.read().decode() if zombie.stderr else ""
-        assert "LeaseLostError" in stderr
+        assert "LeaseLostError" in _stderr(zombie)
         # The zombie wakes up to find its lease gone: not one more create leaves it.
         assert mock_crm.counters.snapshot()["v1_creates"] == creates_after_takeover
     finally:
