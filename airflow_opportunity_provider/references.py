@@ -4,8 +4,9 @@ Every create of a bulk load carries one ``externalUrls`` entry whose ``ref`` nam
 the row's key (:func:`reference_for`). The CRM keeps it on the record, so a create whose answer
 was lost can later be found by that ref, and a row is never created twice on a guess.
 
-The reference is ``"airflow-sync:"`` followed by the first 40 hex digits of the SHA-256 of the
-sync's name and the row's key text, separated by a NUL. It is 53 characters long whatever the key
+The reference is ``"airflow-sync:"`` followed by the first 40 hex digits of the SHA-256 of
+``"<length of the sync name>:<sync name>:<key text>"`` in UTF-8 (the length keeps a name and a
+key from running into each other: ``("a:b", "c")`` and ``("a", "b:c")`` differ). It is 53 characters long whatever the key
 (the mock CRM takes 255; the vendor gives no limit), the same for every retry, every run and
 every release, and distinct for distinct syncs or keys (160 bits: a collision is not a practical
 concern). It is not secret: it is a digest of names the CRM's users can see anyway.
@@ -46,7 +47,7 @@ def reference_for(sync_name: str, key: str) -> str:
     :param sync_name: the sync's name in its state.
     :param key: the row's key text (``keys.encode_key``).
     """
-    digest = hashlib.sha256(f"{sync_name}\x00{key}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{len(sync_name)}:{sync_name}:{key}".encode()).hexdigest()
     return REFERENCE_PREFIX + digest[:40]
 
 

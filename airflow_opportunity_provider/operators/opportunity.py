@@ -7,15 +7,21 @@ payload holds no template, already when the DAG is parsed), then push the ids th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import BaseOperator
 
 from airflow_opportunity_provider.connection import DEFAULT_CONN_ID
-from airflow_opportunity_provider.errors import PayloadValidationError
+from airflow_opportunity_provider.errors import (
+    OpportunityError,
+    OpportunityOutcomeUnknownError,
+    PayloadValidationError,
+)
 from airflow_opportunity_provider.hooks.opportunity import OpportunityHook
 from airflow_opportunity_provider.protocol import V1_ADD_OR_UPDATE, v2_opportunity_path
+from airflow_opportunity_provider.references import DEFAULT_REFERENCE_LABEL, reference_entry, with_reference
 from airflow_opportunity_provider.schemas import (
     check_add_or_update_payload,
     check_put_request,
@@ -102,9 +108,14 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
         A JSON object as a string is accepted too.
     :param opportunity_conn_id: the ``opportunity_crm`` connection (templated).
     :param dry_run: validate and log the request that would be sent, and send nothing.
+    :param reference: an external URL ``ref`` that names this record for good (templated; e.g.
+        ``"orders:{{ params.order_id }}"``). A create carries it in ``externalUrls``; when the
+        create's outcome is unknown, the record is looked up by it before the task fails: found,
+        the task succeeds with its id. ``None``: no reference, an unknown outcome fails the task.
+    :param reference_label: the label of the reference entry.
     """
 
-    template_fields: Sequence[str] = ("payload", "opportunity_conn_id")
+    template_fields: Sequence[str] = ("payload", "opportunity_conn_id", "reference")
     template_fields_renderers = {"payload": "json"}
     ui_color = "#e8f4fd"
 
@@ -114,11 +125,17 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
         payload: Mapping[str, Any] | str,
         opportunity_conn_id: str = DEFAULT_CONN_ID,
         dry_run: bool = False,
+        reference: str | None = None,
+        reference_label: str | None = DEFAULT_REFERENCE_LABEL,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if reference is not None and (not isinstance(reference, str) or not reference.strip()):
+            raise ValueError(f"reference must be non-empty text or None; got {reference!r}.")
         self.payload = payload
         self.opportunity_conn_id = opportunity_conn_id
+        self.reference = reference
+        self.reference_label = reference_label
         # Not ``self.dry_run``: BaseOperator.dry_run() is a method Airflow's CLI calls.
         self.is_dry_run = dry_run
         # A payload without templates can be checked now, so a broken DAG shows an import
@@ -129,19 +146,55 @@ class AddOrUpdateOpportunityOperator(BaseOperator):
     def execute(self, context: Context) -> int | None:
         """Validate the rendered payload, send it, and push the returned id."""
         # Checked once here; the hook sends the checked payload as it is.
-        checked = check_add_or_update_payload(_payload_dict(self.payload, self.task_id))
+        payload = _payload_dict(self.payload, self.task_id)
+        reference = str(self.reference).strip() if self.reference else None
+        if reference:
+            try:
+                payload = with_reference(payload, reference_entry(reference, label=self.reference_label))
+            except ValueError as error:
+                raise PayloadValidationError([("$.externalUrls", str(error))]) from None
+        checked = check_add_or_update_payload(payload)
         if self.is_dry_run:
             _dry_run_log(self, "POST", self.opportunity_conn_id, V1_ADD_OR_UPDATE, checked.fields)
             return None
         hook = OpportunityHook(self.opportunity_conn_id)
+        sent_at = time.time()
         try:
-            opportunity_id = hook.add_or_update_opportunity(checked)
+            try:
+                opportunity_id = hook.add_or_update_opportunity(checked)
+            except OpportunityOutcomeUnknownError:
+                if not reference or not checked.creates:
+                    raise
+                found = self._look_up(hook, reference, checked, sent_at)
+                if found is None:
+                    raise
+                opportunity_id = found
         finally:
             hook.close()
         action = "Created" if checked.creates else "Updated"
         self.log.info("%s v1 opportunity %d", action, opportunity_id)
         context["ti"].xcom_push(key=XCOM_OPPORTUNITY_ID, value=opportunity_id)
         return opportunity_id
+
+    def _look_up(self, hook: OpportunityHook, reference: str, checked: Any, sent_at: float) -> int | None:
+        """The id of the record the unknown create stored, found by its reference, or ``None``."""
+        fields = checked.fields
+        try:
+            record = hook.find_by_reference(
+                reference, fields["venueId"], name=fields.get("name"), created_after=sent_at
+            )
+        except OpportunityError as error:
+            self.log.warning("Looking the create up by its reference %r failed: %s", reference, error)
+            return None
+        if record is None:
+            self.log.warning(
+                "The create's outcome is unknown and no record carries the reference %r.", reference
+            )
+            return None
+        self.log.info(
+            "The create's answer was lost; the record carrying reference %r is %s.", reference, record["id"]
+        )
+        return int(record["id"])
 
 
 class PutOpportunityV2Operator(BaseOperator):

@@ -820,7 +820,7 @@ class _Run:
                     return await self._send_one(client, writer, replacement, [])
             outcome, code, message = _outcome_of_error(error)
             if not work.creates:
-                message = _missing_message(work, message)
+                message = _missing_message(work, code)
         except OpportunityError as error:
             outcome, code, message = _outcome_of_error(error)
             if error.stops_load:
@@ -867,16 +867,19 @@ class _Run:
         return _Work(work.key, work.digest, create, work.payload_hash, creates=True)
 
 
-def _missing_message(work: _Work, answer: str) -> str:
+def _missing_message(work: _Work, code: str) -> str:
     request = work.request
     if isinstance(request, CheckedV1Payload):
-        record = f"record {request.fields.get('id')}"
+        record, recreate_hint = (
+            f"record {request.fields.get('id')}",
+            ", or created again with on_missing_record='recreate'",
+        )
     else:
-        record = f"{request.opportunity_type} opportunity {request.opportunity_id}"
-    origin = "the state holds for this row" if work.id_from_state else "the row's payload names"
+        record, recreate_hint = f"{request.opportunity_type} opportunity {request.opportunity_id}", ""
+    origin = "the id the state holds for this row" if work.id_from_state else "the id the row's payload names"
     return (
-        f"the CRM no longer holds the {record} {origin} (deleted or merged there): {answer}. The row "
-        "is rejected until it is resolved to another id, or run with on_missing_record='recreate' (v1)."
+        f"the CRM no longer holds {record}, {origin} (deleted or merged there; the platform answered "
+        f"{code}). The row is rejected on every run until it is resolved to another id{recreate_hint}."
     )
 
 

@@ -12,7 +12,8 @@ from airflow.sdk import DAG, task
 from airflow.utils.state import DagRunState, TaskInstanceState
 
 from airflow_opportunity_provider.errors import PayloadValidationError
-from airflow_opportunity_provider.mock_crm import MockCrmServer
+from airflow_opportunity_provider.mock_crm import FaultConfig, MockCrmServer
+from airflow_opportunity_provider.mock_crm.testing import connection_json
 from airflow_opportunity_provider.operators.opportunity import (
     AddOrUpdateOpportunityOperator,
     PutOpportunityV2Operator,
@@ -160,3 +161,40 @@ def test_dry_run_validates_logs_and_sends_nothing(
 
 def test_example_dag_file_is_in_the_dags_folder() -> None:
     assert (Path(__file__).parents[3] / "dags" / "opportunity_example.py").exists()
+
+
+def test_a_create_whose_answer_is_lost_is_found_by_its_reference(mock_crm: MockCrmServer) -> None:
+    # Every answer to a write is lost after the server stored it.
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    with _dag("test_ops_reference") as dag:
+        AddOrUpdateOpportunityOperator(
+            task_id="found", payload=NEW, reference="orders:{{ dag_run.dag_id }}:1", retries=0
+        )
+        AddOrUpdateOpportunityOperator(
+            task_id="without_reference", payload={**NEW, "name": "Other"}, retries=0
+        )
+    run = run_dag_test(dag)
+    states = _states(run)
+    assert states["found"] == TaskInstanceState.SUCCESS, states
+    # Without a reference the CRM cannot be asked: the task fails, and is not retried.
+    assert states["without_reference"] == TaskInstanceState.FAILED, states
+    found_id = run.get_task_instance("found").xcom_pull(task_ids="found")
+    records = {record["id"]: record for record in mock_crm.store.v1_records()}
+    assert len(records) == 2  # both were stored once; neither was sent twice
+    assert mock_crm.counters.snapshot()["v1_creates"] == 2
+    assert [entry["ref"] for entry in records[found_id]["externalUrls"]] == ["orders:test_ops_reference:1"]
+
+
+def test_a_lost_create_that_no_record_carries_still_fails_unknown(
+    mock_crm: MockCrmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The create is answered 500 and not stored; the lookup cannot prove otherwise (its one
+    # attempt is answered 500 too), so the outcome stays unknown.
+    monkeypatch.setenv("AIRFLOW_CONN_OPPORTUNITY_DEFAULT", connection_json(mock_crm, max_retries=0))
+    mock_crm.set_faults(FaultConfig(errors={500: 1.0}))
+    with _dag("test_ops_reference_missing") as dag:
+        AddOrUpdateOpportunityOperator(task_id="create", payload=NEW, reference="orders:2", retries=0)
+    run = run_dag_test(dag)
+    assert _states(run)["create"] == TaskInstanceState.FAILED
+    assert mock_crm.store.v1_records() == []
+    assert mock_crm.counters.snapshot()["by_endpoint"].get("v1_list", 0) >= 1  # it did ask the CRM
