@@ -30,7 +30,9 @@ _OPERATOR_LINE = re.compile(
 
 
 # The bulk operator's summary, as it logs it: a line of counts, then a line of requests and rate.
-_SUMMARY_COUNTS = re.compile(r"(Sync '[^']+'(?: \(partition[^)]*\))?, target v\d: .*?failed \d+\.)")
+_SUMMARY_COUNTS = re.compile(
+    r"(Sync '[^']+'(?: \(partition[^)]*\))?, target v\d: .*?failed \d+(?:, \w+ \d+)*\.)"
+)
 _SUMMARY_RATE = re.compile(r"^(\d+ requests sent .*? rows/s\.)", re.MULTILINE)
 
 
@@ -54,6 +56,18 @@ def fetch(base_url: str, path: str) -> Any:
     """Read one of the mock's inspection endpoints."""
     with urllib.request.urlopen(base_url + path, timeout=10) as answer:
         return json.load(answer)
+
+
+def set_faults(base_url: str, faults: dict[str, Any]) -> None:
+    """Switch the mock's fault injection (``FaultConfig`` fields; ``{}`` turns every fault off)."""
+    request = urllib.request.Request(
+        base_url + "/_mock/faults",
+        data=json.dumps(faults).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
 
 
 def run_dag(dag_id: str, env: dict[str, str]) -> str:
@@ -109,16 +123,38 @@ def main() -> None:
             {"conn_type": "sqlite", "host": str(OUTPUT / "sync-state.db")}
         )
         env["AIRFLOW_VAR_OPPORTUNITY_STATE_CONN_ID"] = "demo_sync_state"
-        for attempt in ("first run", "second run, nothing changed"):
+        runs = (
+            # The answers to 5% of the writes are lost after the CRM stored them (and 10% are
+            # refused with 503): each lost create is found again by its reference, so the run
+            # ends with every row created once and nothing unknown.
+            (
+                "first run, 5% of answers dropped, 10% 503",
+                {"drop_after_commit_rate": 0.05, "errors": {"503": 0.1}, "retry_after": 0.05, "seed": 3},
+            ),
+            ("second run, nothing changed", {}),
+        )
+        for attempt, faults in runs:
+            set_faults(base_url, faults)
             before = fetch(base_url, "/_mock/counters")["total_requests"]
+            dropped = fetch(base_url, "/_mock/counters").get("dropped_after_commit", 0)
             print(f"\n== warehouse_to_crm ({attempt}): sample warehouse -> CRM ==")
             log = run_dag("warehouse_to_crm", env)
             for counts, rate in zip(_SUMMARY_COUNTS.findall(log), _SUMMARY_RATE.findall(log), strict=False):
                 print(f"  {counts}\n    {rate}")
-            sent = fetch(base_url, "/_mock/counters")["total_requests"] - before
-            print(f"  The CRM received {sent} requests in this run.")
+            counters = fetch(base_url, "/_mock/counters")
+            sent = counters["total_requests"] - before
+            lost = counters.get("dropped_after_commit", 0) - dropped
+            print(
+                f"  The CRM received {sent} requests in this run; {lost} answers were dropped after it stored the write."
+            )
         stored = fetch(base_url, "/_mock/opportunities")
-        print(f"\n  CRM now holds {len(stored['v1'])} v1 opportunities.")
+        references = fetch(base_url, "/_mock/references")
+        held = {ref: ids for ref, ids in references.items() if ref.startswith("airflow-sync:")}
+        twice = [ref for ref, ids in held.items() if len(ids) > 1]
+        print(
+            f"\n  CRM now holds {len(stored['v1'])} v1 opportunities; {len(held)} sync references, "
+            f"{len(twice)} of them on more than one record."
+        )
         print(f"\nFull logs in {OUTPUT.relative_to(REPO)}/")
     finally:
         mock.terminate()
