@@ -35,6 +35,7 @@ from airflow_opportunity_provider.transfers.state import (
     RunRecord,
     StateRecord,
     SyncState,
+    check_sync_name,
     default_state_path,
 )
 
@@ -148,9 +149,13 @@ def _opened(state_id: str, sync_name: str, actor: str = "", *, write: bool = Fal
     :class:`StateUnavailableError`."""
     description = location_of(state_id).description
     try:
-        name_is_valid = sync_name == sync_name.strip() and 0 < len(sync_name) <= 250
-        state = _state(state_id, sync_name if name_is_valid else _ANY_SYNC, actor, write=write)
-        if state is None or not name_is_valid:
+        try:
+            check_sync_name(sync_name)
+        except OpportunityConfigurationError:
+            # No sync can have such a name: it is not found, like any other name.
+            raise SyncNotFoundError(f"no sync {sync_name!r} in {description}") from None
+        state = _state(state_id, sync_name, actor, write=write)
+        if state is None:
             raise SyncNotFoundError(f"no sync {sync_name!r} in {description}")
         try:
             if not state.open_existing() or not state.has_sync():
@@ -389,6 +394,7 @@ def resolve(
         if record.outcome not in UNRESOLVED:
             return 0
         state.resolve(record.digest, crm_id)
+        # Nobody knows which payload, if any, the lost create stored: the next run sends the row.
         state.resend([record.digest])
     log.info(
         "Opportunity syncs: %s resolved key %r of sync %r (%s) as CRM id %s",
