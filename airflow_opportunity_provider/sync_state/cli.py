@@ -121,8 +121,11 @@ def _parser() -> argparse.ArgumentParser:
     command("show", "one sync: its rows per outcome, its last run, its open problems by code")
     runs = command("runs", "one sync's runs, newest first")
     runs.add_argument("--limit", type=int, default=operations.DEFAULT_RUNS, help="the most runs to show")
-    for name, what in (("rejects", "rejected or failed"), ("unknown", "create with an unknown outcome")):
-        problems = command(name, f"one sync's rows whose last outcome is {what}, newest first")
+    for name, what in (
+        ("rejects", "one sync's rejected or failed rows, newest first"),
+        ("unknown", "one sync's creates whose outcome is unknown, newest first"),
+    ):
+        problems = command(name, what)
         problems.add_argument("--code", default=None, help="only the rows with this error code")
         problems.add_argument(
             "--csv", action="store_true", help="write CSV (key, outcome, code, time, message)"
