@@ -34,9 +34,7 @@ from airflow_opportunity_provider.connection import (
     settings_from_connection,
 )
 from airflow_opportunity_provider.errors import (
-    OpportunityApiError,
     OpportunityConfigurationError,
-    OpportunityError,
 )
 from airflow_opportunity_provider.flow import (
     USER_AGENT,
@@ -511,34 +509,11 @@ class OpportunityHook(HttpHook):
         self._perform(protocol.v1_ping(self.settings))
 
     def test_connection(self) -> tuple[bool, str]:
-        """Check every platform the connection configures, changing nothing.
+        """The UI's Test button: one attempt at each configured platform, changing nothing
+        (see :func:`~airflow_opportunity_provider.connection_check.check_connection`)."""
+        from airflow_opportunity_provider.connection_check import check_connection
 
-        v1 sends the platform's signed test ping; v2 obtains a token (client credentials)
-        and reads an opportunity, where "not found" still proves the token is accepted.
-        """
-        results = []
-        try:
-            settings = self.settings
-            if not settings.has_v1 and not settings.has_v2:
-                return False, (
-                    "The connection configures neither platform: fill in host, login and password "
-                    "for v1, or extra.v2_base_url with a token or client credentials for v2."
-                )
-            if settings.has_v1:
-                self.ping_v1()
-                results.append("v1 signed ping accepted")
-            if settings.has_v2:
-                try:
-                    self.get_opportunity(1)
-                except OpportunityApiError as error:
-                    if error.status_code != 404:
-                        raise
-                results.append("v2 token accepted")
-        except OpportunityError as error:
-            return False, str(error)
-        except Exception as error:
-            return False, f"The connection test failed ({type(error).__name__})."
-        return True, "; ".join(results)
+        return check_connection(self)
 
     # -- the call flow's transport -------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
@@ -26,6 +26,7 @@ from airflow_opportunity_provider.plugins.render import render
 log = logging.getLogger(__name__)
 
 TITLE = "Opportunity syncs"
+T = TypeVar("T")
 
 
 # -- request bodies --------------------------------------------------------------------------------
@@ -189,26 +190,17 @@ def _detail_or_404(state: str, name: str, partition: int | None, code: str | Non
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
 
 
-def _act(user: Any, what: str, body: SyncReference, action: Callable[[], int]) -> int:
+def _act(body: SyncReference, action: Callable[[], T]) -> T:
+    """Run a change, its errors turned into HTTP answers (the operation logs who made it)."""
     _known_state(body.state)
     try:
-        changed = action()
-    except sync_states.SyncNotFoundError as error:
+        return action()
+    except (sync_states.SyncNotFoundError, sync_states.KeyNotFoundError) as error:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except sync_states.ChangedSinceConfirmedError as error:
+    except (sync_states.ChangedSinceConfirmedError, sync_states.SyncBusyError) as error:
         raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
     except sync_states.StateUnavailableError as error:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
-    log.info(
-        "Opportunity syncs: user %s %s in sync %r (state %s, partition %s): %d rows changed",
-        user.get_name(),
-        what,
-        body.sync_name,
-        body.state,
-        body.partition,
-        changed,
-    )
-    return changed
 
 
 # -- routes ----------------------------------------------------------------------------------------
@@ -262,10 +254,10 @@ def forget_page(
 def resolve_action(body: ResolveBody, user: GetUserDep) -> ActionResult:
     """Record the CRM id of a row whose create had an unknown outcome."""
     changed = _act(
-        user,
-        f"resolved key {body.source_key!r} as CRM id {body.crm_id}",
         body,
-        lambda: sync_states.resolve(body.state, body.sync_name, body.partition, body.source_key, body.crm_id),
+        lambda: sync_states.resolve(
+            body.state, body.sync_name, body.partition, body.source_key, body.crm_id, actor=user.get_name()
+        ),
     )
     if not changed:
         raise HTTPException(
@@ -277,12 +269,13 @@ def resolve_action(body: ResolveBody, user: GetUserDep) -> ActionResult:
 @router.post("/actions/resend", dependencies=_write("opportunity_syncs_resend"))
 def resend_action(body: ResendBody, user: GetUserDep) -> ActionResult:
     """Mark rows to be sent again by the next run."""
-    changed = _act(
-        user,
-        f"marked {len(body.source_keys)} keys to be sent again",
+    result = _act(
         body,
-        lambda: sync_states.resend(body.state, body.sync_name, body.partition, body.source_keys),
+        lambda: sync_states.resend(
+            body.state, body.sync_name, body.partition, body.source_keys, actor=user.get_name()
+        ),
     )
+    changed = result.marked
     skipped = len(set(body.source_keys)) - changed
     note = (
         f" {skipped} were not marked (not in the state, or an unknown outcome to resolve first)."
@@ -296,10 +289,10 @@ def resend_action(body: ResendBody, user: GetUserDep) -> ActionResult:
 def retry_code_action(body: RetryCodeBody, user: GetUserDep) -> ActionResult:
     """Mark every row rejected with one error code to be sent again."""
     changed = _act(
-        user,
-        f"marked the rejects with code {body.code!r} to be sent again",
         body,
-        lambda: sync_states.retry_code(body.state, body.sync_name, body.partition, body.code),
+        lambda: sync_states.retry_code(
+            body.state, body.sync_name, body.partition, body.code, actor=user.get_name()
+        ),
     )
     return ActionResult(
         message=f"The next run sends the {changed} rejects with code {body.code} again.", changed=changed
@@ -310,11 +303,13 @@ def retry_code_action(body: RetryCodeBody, user: GetUserDep) -> ActionResult:
 def forget_action(request: Request, body: ForgetBody, user: GetUserDep) -> ActionResult:
     """Delete a sync's state and rejects, once the person confirmed how many rows go."""
     changed = _act(
-        user,
-        "forgot the sync",
         body,
         lambda: sync_states.forget(
-            body.state, body.sync_name, body.partition, expected_rows=body.expected_rows
+            body.state,
+            body.sync_name,
+            body.partition,
+            actor=user.get_name(),
+            expected_rows=body.expected_rows,
         ),
     )
     return ActionResult(

@@ -1182,6 +1182,138 @@ class SyncState:
             )
             return cursor.rowcount == 1
 
+    # -- reading for the people who operate syncs (the command line, the Opportunity syncs page) --
+
+    def open_existing(self) -> bool:
+        """Connect without creating or migrating any table, and tell whether the state's tables exist.
+
+        Looking at a state must not change it: a database whose tables are missing holds no sync.
+        """
+        self._connection = self._connect()
+        self._prepare_connection()
+        return all(
+            self._table_exists(table)
+            for table in (self.table, self.rejects_table, self.runs_table, self.leases_table)
+        )
+
+    def _table_exists(self, table: str) -> bool:
+        # Asked of the catalogue where there is one, so that a broken database is an error, not
+        # a missing table.
+        p = self.dialect.placeholder
+        if self.dialect.name == "sqlite":
+            name = table.rsplit(".", 1)[-1]
+            return bool(
+                self._read(f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = {p}", [name])
+            )
+        if self.dialect.name == "postgresql":
+            return bool(self._read(f"SELECT to_regclass({p}) IS NOT NULL", [table])[0][0])
+        cursor = self.connection.cursor()
+        try:
+            cursor.execute(f"SELECT 1 FROM {table} WHERE 1 = 0")
+            cursor.fetchall()
+        except Exception:
+            self._rollback(cursor)
+            return False
+        finally:
+            cursor.close()
+        if not self.dialect.autocommit:
+            self.connection.commit()
+        return True
+
+    def has_sync(self) -> bool:
+        """Whether this sync has a row in the state table or a run in the runs table."""
+        p = self.dialect.placeholder
+        return any(
+            self._read(f"SELECT 1 FROM {table} WHERE sync_name = {p} LIMIT 1", [self.sync_name])
+            for table in (self.table, self.runs_table)
+        )
+
+    def partitions_used(self) -> tuple[tuple[int, int], ...]:
+        """The ``(partition_index, partition_count)`` pairs this sync's runs and leases used."""
+        p = self.dialect.placeholder
+        pairs: set[tuple[int, int]] = set()
+        for table in (self.runs_table, self.leases_table):
+            for index, count in self._read(
+                f"SELECT DISTINCT partition_index, partition_count FROM {table} WHERE sync_name = {p}",
+                [self.sync_name],
+            ):
+                pairs.add((int(index), int(count)))
+        return tuple(sorted(pairs))
+
+    def outcome_counts(self, partition: tuple[int, int] | None = None) -> dict[str, int]:
+        """This sync's state rows per outcome, of one ``(index, count)`` partition or of all.
+
+        :param partition: the partition, or ``None`` for the whole sync (a partition reads every key).
+        """
+        p = self.dialect.placeholder
+        counts: dict[str, int] = {}
+        if partition is None:
+            for outcome, count in self._read(
+                f"SELECT outcome, COUNT(*) FROM {self.table} WHERE sync_name = {p} GROUP BY outcome",
+                [self.sync_name],
+            ):
+                counts[_text(outcome)] = int(count)
+            return counts
+        index, partition_count = partition
+        for key, outcome in self._read(
+            f"SELECT source_key, outcome FROM {self.table} WHERE sync_name = {p}", [self.sync_name]
+        ):
+            if partition_of(_text(key), partition_count) == index:
+                counts[_text(outcome)] = counts.get(_text(outcome), 0) + 1
+        return counts
+
+    def records_with_outcomes(
+        self, outcomes: Iterable[str], *, code: str | None = None
+    ) -> list[tuple[StateRecord, str | None]]:
+        """This sync's rows whose last outcome is one of ``outcomes``, newest first, each with its
+        error message.
+
+        :param outcomes: the outcomes to look for (``unknown``, ``rejected``, ...).
+        :param code: only the rows whose last error code is this one.
+        """
+        wanted = [str(outcome) for outcome in outcomes]
+        if not wanted:
+            return []
+        p = self.dialect.placeholder
+        query = (
+            f"SELECT {_RECORD_COLUMNS}, error_message FROM {self.table} "
+            f"WHERE sync_name = {p} AND outcome IN ({self.dialect.markers(len(wanted))})"
+        )
+        parameters: list[Any] = [self.sync_name, *wanted]
+        if code is not None:
+            query += f" AND error_code = {p}"
+            parameters.append(code)
+        rows = self._read(query + " ORDER BY outcome_at DESC, source_key", parameters)
+        return [(_record(row[:10]), _text(row[10])) for row in rows]
+
+    def last_runs(self) -> list[RunRecord]:
+        """The newest run of every sync and partition in the runs table, by sync name and partition."""
+        columns = ", ".join(f"r.{self.dialect.quote(name)}" for name in _RUN_COLUMNS)
+        rows = self._read(
+            f"SELECT {columns} FROM {self.runs_table} r WHERE r.started_at = (SELECT MAX(o.started_at) "
+            f"FROM {self.runs_table} o WHERE o.sync_name = r.sync_name AND o.partition_index = r.partition_index)",
+            [],
+        )
+        newest: dict[tuple[str, int], RunRecord] = {}
+        for row in rows:
+            run = _run_of(row)
+            key = (run.sync_name, run.partition_index)
+            # Two runs started in the same microsecond: the later id, so every reader picks the same.
+            if key not in newest or run.sync_run_id > newest[key].sync_run_id:
+                newest[key] = run
+        return [newest[key] for key in sorted(newest)]
+
+
+def _run_of(row: Sequence[Any]) -> RunRecord:
+    """A row of ``<table>_runs`` (its columns in ``_RUN_COLUMNS`` order) as a :class:`RunRecord`."""
+    values = dict(zip(_RUN_COLUMNS, map(_text, row), strict=True))
+    values["max_rejected"] = _threshold(values["max_rejected"])
+    values["max_unknown"] = _threshold(values["max_unknown"])
+    values["summary"] = json.loads(values["summary"]) if values["summary"] else {}
+    for name in ("partition_index", "partition_count"):
+        values[name] = int(values[name])
+    return RunRecord(**values)
+
 
 class _Refused(Exception):
     """Rolls an acquisition back (see :meth:`SyncState._try_acquire`), carrying the reason."""

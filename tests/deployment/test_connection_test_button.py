@@ -8,6 +8,9 @@ after; the connection travels the way the API server's test endpoint sends it (a
 from __future__ import annotations
 
 import json
+import socket
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -159,3 +162,180 @@ def test_an_unreachable_platform_fails_the_test(monkeypatch: pytest.MonkeyPatch)
     assert not status
     assert "connect" in message
     assert "secret-value-0001" not in message
+
+
+# -- answering fast and clearly -----------------------------------------------------------------
+
+TIMEOUT = 2.0
+# The button's bound: the connection's timeout and a second, with a second more for a slow machine.
+BOUND = TIMEOUT + 2.0
+CONN_ID = "ui_transient_test"
+
+
+@pytest.fixture
+def hung_host() -> Iterator[str]:
+    """The address of a socket that accepts connections (the kernel's backlog) and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.fixture
+def closed_port() -> str:
+    """The address of a port nothing listens on (bound once, then freed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _timed_press(
+    monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], extra: dict[str, Any] | None = None
+) -> tuple[bool, str, float]:
+    began = time.monotonic()
+    status, message = _press_test(monkeypatch, fields, {"timeout": TIMEOUT, **(extra or {})})
+    return status, message, time.monotonic() - began
+
+
+def _assert_shows_nothing_secret(message: str, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in message
+    assert CONN_ID not in message  # Airflow tests a form under a throwaway id: it means nothing to the person
+
+
+def _token_requests(server: MockCrmServer) -> int:
+    return int(_data(server)[1]["by_endpoint"].get("oauth_token", 0))
+
+
+@pytest.mark.parametrize("platform", ["v1", "v2"])
+def test_a_host_that_accepts_and_never_answers_fails_within_the_timeout(
+    monkeypatch: pytest.MonkeyPatch, hung_host: str, platform: str
+) -> None:
+    secret = "hung-secret-value-0003"
+    if platform == "v1":
+        fields, extra = {"host": hung_host, "login": "key", "password": secret}, {}
+    else:
+        fields = {}
+        extra = {
+            "v2_base_url": hung_host,
+            "v2_client_id": "client",
+            "v2_client_secret": secret,
+            "v2_oauth_url": hung_host + TOKEN_PATH + "?tenant=query-never-shown",
+        }
+
+    status, message, elapsed = _timed_press(monkeypatch, fields, extra)
+
+    assert not status
+    assert elapsed < BOUND, f"{elapsed:.1f} s: {message}"
+    label = {"v1": "v1 (iVvy)", "v2": "v2 (Nexus)"}[platform]
+    assert message.startswith(f"{label} at {hung_host}: ")
+    assert f"no answer within {TIMEOUT:g} s" in message
+    assert "query-never-shown" not in message
+    _assert_shows_nothing_secret(message, secret)
+
+
+def test_both_platforms_on_a_hung_host_are_tested_at_once(
+    monkeypatch: pytest.MonkeyPatch, hung_host: str
+) -> None:
+    fields = {"host": hung_host, "login": "key", "password": "hung-secret-value-0004"}
+    extra = {"v2_base_url": hung_host, "v2_token": "static-token-value-0005"}
+
+    status, message, elapsed = _timed_press(monkeypatch, fields, extra)
+
+    assert not status
+    # In parallel: one timeout, not two.
+    assert elapsed < BOUND, f"{elapsed:.1f} s: {message}"
+    assert f"v1 (iVvy) at {hung_host}" in message
+    assert f"v2 (Nexus) at {hung_host}" in message
+    _assert_shows_nothing_secret(message, "hung-secret-value-0004", "static-token-value-0005")
+
+
+@pytest.mark.parametrize("platform", ["v1", "v2"])
+def test_a_closed_port_names_the_address_tried(
+    monkeypatch: pytest.MonkeyPatch, closed_port: str, platform: str
+) -> None:
+    secret = "closed-secret-value-0006"
+    if platform == "v1":
+        fields, extra = {"host": closed_port, "login": "key", "password": secret}, {}
+    else:
+        fields = {}
+        extra = {
+            "v2_base_url": closed_port,
+            "v2_client_id": "client",
+            "v2_client_secret": secret,
+            "v2_oauth_url": closed_port + TOKEN_PATH,
+        }
+
+    status, message, elapsed = _timed_press(monkeypatch, fields, extra)
+
+    assert not status
+    assert elapsed < BOUND, f"{elapsed:.1f} s: {message}"
+    label = {"v1": "v1 (iVvy)", "v2": "v2 (Nexus)"}[platform]
+    assert message.startswith(f"{label} at {closed_port}: ")
+    assert "could not connect" in message
+    assert closed_port in message.split(": ", 1)[1]  # the request's own address, too
+    _assert_shows_nothing_secret(message, secret)
+    if platform == "v1":
+        assert "host and port" in message
+        assert "v2" not in message
+    else:
+        assert "extra.v2_oauth_url" in message
+        assert "password" not in message
+
+
+def test_a_wrong_v1_secret_talks_only_about_v1_fields(
+    mock_crm: MockCrmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "wrong-v1-secret-never-shown-0007"
+
+    status, message, elapsed = _timed_press(monkeypatch, _v1(mock_crm, secret=wrong))
+
+    assert not status
+    assert elapsed < BOUND
+    assert message.startswith(f"v1 (iVvy) at {mock_crm.base_url}: ")
+    assert "login (the v1 API key)" in message
+    assert "password (the v1 API secret)" in message
+    assert "v2" not in message
+    assert "extra." not in message
+    _assert_shows_nothing_secret(message, wrong, mock_crm.config.api_secret)
+    assert _data(mock_crm)[1]["by_endpoint"] == {"v1_ping": 1}  # one attempt, no retry
+
+
+def test_a_wrong_v2_client_secret_asks_for_one_token_and_talks_only_about_v2_fields(
+    mock_crm: MockCrmServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wrong = "wrong-v2-secret-never-shown-0008"
+
+    status, message, elapsed = _timed_press(monkeypatch, {}, _v2_client_credentials(mock_crm, secret=wrong))
+
+    assert not status
+    assert elapsed < BOUND
+    assert message.startswith(f"v2 (Nexus) at {mock_crm.base_url}: ")
+    assert "extra.v2_client_secret" in message
+    assert "v1" not in message
+    assert "login" not in message
+    assert "password" not in message
+    _assert_shows_nothing_secret(message, wrong, mock_crm.config.client_secret)
+    assert _token_requests(mock_crm) == 1
+
+
+@pytest.mark.parametrize("platforms", ["v1", "v2", "both"])
+def test_a_passing_press_names_each_platform_and_asks_for_one_token(
+    mock_crm: MockCrmServer, monkeypatch: pytest.MonkeyPatch, platforms: str
+) -> None:
+    fields = _v1(mock_crm) if platforms in ("v1", "both") else {}
+    extra = _v2_client_credentials(mock_crm) if platforms in ("v2", "both") else {}
+
+    status, message, elapsed = _timed_press(monkeypatch, fields, extra)
+
+    assert status, message
+    assert elapsed < BOUND
+    assert (f"v1 (iVvy) at {mock_crm.base_url}: the signed test ping was accepted" in message) == (
+        platforms != "v2"
+    )
+    assert (f"v2 (Nexus) at {mock_crm.base_url}: a token from {mock_crm.base_url} was issued" in message) == (
+        platforms != "v1"
+    )
+    assert _token_requests(mock_crm) == (0 if platforms == "v1" else 1)
+    _assert_shows_nothing_secret(message, mock_crm.config.api_secret, mock_crm.config.client_secret)

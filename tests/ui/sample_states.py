@@ -1,7 +1,8 @@
 """Sync states for the page's tests, written the way a load writes them: through ``SyncState``.
 
-Each sync is a few runs of state changes; the expected figures of the page are written down
-beside them, so a test compares the page with what was written, not with what the page read.
+Each sync is a few runs of state changes, each recorded in the runs table as the engine records
+it; the expected figures of the page are written down beside them, so a test compares the page
+with what was written, not with what the page read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_opportunity_provider.transfers.keys import key_digest
-from airflow_opportunity_provider.transfers.state import IN_FLIGHT, StateWrite, SyncState
+from airflow_opportunity_provider.transfers.state import IN_FLIGHT, RunRecord, StateWrite, SyncState, utc_now
 
 MAIN_SYNC = "warehouse_to_crm.load_opportunities"
 NEXUS_SYNC = "nexus_to_crm.put_opportunities"
@@ -42,10 +43,20 @@ class Expected:
     runs: int
 
 
-def _run(path: Path, sync_name: str, *writes: StateWrite, unknown: tuple[str, ...] = ()) -> str:
-    """One run of a sync: turn earlier in-flight creates into unknowns, then write its changes."""
+def _run(
+    path: Path,
+    sync_name: str,
+    *writes: StateWrite,
+    unknown: tuple[str, ...] = (),
+    retries: int = 0,
+    rate_limited: int = 0,
+) -> str:
+    """One run of a sync as the engine makes it: turn earlier in-flight creates into unknowns,
+    write its changes, and record the run in the runs table with its counts."""
     run_id = uuid.uuid4().hex
     state = SyncState.local(path, sync_name=sync_name, run_id=run_id, dag_run_id="manual__ui_test")
+    started = time.monotonic()
+    started_at = utc_now()
     state.open()
     try:
         if unknown:
@@ -55,6 +66,34 @@ def _run(path: Path, sync_name: str, *writes: StateWrite, unknown: tuple[str, ..
                 "the task was killed while the create was in flight",
             )
         state.apply(writes)
+        counts: dict[str, int] = {}
+        for write in writes:
+            # A create still in flight is no outcome yet: the engine counts it once it is answered.
+            if write.outcome != IN_FLIGHT:
+                counts[str(write.outcome)] = counts.get(str(write.outcome), 0) + 1
+        sent = sum(
+            count for outcome, count in counts.items() if outcome in ("created", "updated", "failed")
+        ) + sum(1 for write in writes if write.outcome == IN_FLIGHT)
+        rows = sum(counts.values())
+        state.record_run(
+            RunRecord(
+                sync_run_id=run_id,
+                dag_id="sample_dag",
+                task_id="load",
+                dag_run_id="manual__ui_test",
+                started_at=started_at,
+                finished_at=utc_now(),
+                duration_seconds=round(time.monotonic() - started, 6),
+                verdict="failed" if counts.get("unknown") else "passed",
+                failure_reason="1 create with an unknown outcome" if counts.get("unknown") else None,
+                rows_read=rows,
+                rows=rows,
+                requests_sent=sent + retries,
+                retries=retries,
+                rate_limited_answers=rate_limited,
+                **{name: count for name, count in counts.items()},
+            )
+        )
     finally:
         state.close()
     time.sleep(0.02)  # runs apart in time, as they are
@@ -99,6 +138,8 @@ def write_local_state(path: Path) -> dict[str, Expected]:
             update_state=False,
         ),
         unknown=(keys[14],),
+        retries=2,
+        rate_limited=1,
     )
     _run(path, HOSTILE_SYNC, _created("h-1", 1))
     _run(
@@ -140,6 +181,7 @@ def write_connection_state(path: Path) -> dict[str, Expected]:
         *(_write(key, "updated", payload_hash=f"h2-{key}") for key in keys[:5]),
         _rejected(keys[5], "503", "Service unavailable after every retry", outcome="failed"),
         _rejected(keys[6], "503", "Service unavailable after every retry", outcome="failed"),
+        retries=6,
     )
     _run(
         path,

@@ -2,19 +2,33 @@
 
 A person logs in through Airflow's login page, opens the page from the UI's navigation, reads the
 syncs list and one sync with its chart, and resolves an unknown and forgets a sync with the page's
-own buttons. Screenshots go to ``test-artifacts/screenshots/``.
+own buttons; an unknown resolved there is sent as an update by the real operator's next run.
+Screenshots go to ``test-artifacts/screenshots/``.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from airflow_opportunity_provider.mock_crm import MockCrmServer
+from airflow_opportunity_provider.mock_crm.faults import FaultConfig
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+from tests.integration.transfers.helpers import (
+    V1_TEST_MAPPING,
+    V1_TEST_SQL,
+    WAREHOUSE_CONN,
+    make_warehouse,
+    records_by_ref,
+    run,
+    sqlite_conn_json,
+)
 from tests.ui import sample_states as sample
 from tests.ui.conftest import STATE_CONN, Deployment
 
@@ -191,3 +205,69 @@ def test_forgetting_a_sync_names_how_many_rows_go_then_deletes_them(
     _expect(_row(frame, "~local", sample.MAIN_SYNC)).to_have_count(1)
     _expect(_row(frame, "~local", sample.FORGET_SYNC)).to_have_count(0)
     assert _state_rows(deployment.local_state, sample.FORGET_SYNC) == {}
+
+
+OPERATOR_SYNC = "browser.operator_resolve"
+OPERATOR_STATE_CONN = "ui_operator_state"
+
+
+def test_an_unknown_resolved_on_the_page_is_sent_as_an_update_by_the_next_run_of_the_operator(
+    page: Any,
+    deployment: Deployment,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mock_crm: MockCrmServer,
+    opportunity_conn: str,
+    airflow_db: Path,
+) -> None:
+    # The operator runs in this process on the very state file the API server reads as ~local.
+    make_warehouse(tmp_path / "warehouse.db", 2)
+    monkeypatch.setenv(f"AIRFLOW_CONN_{WAREHOUSE_CONN.upper()}", sqlite_conn_json(tmp_path / "warehouse.db"))
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{OPERATOR_STATE_CONN.upper()}", sqlite_conn_json(deployment.local_state)
+    )
+
+    def load() -> dict[str, Any]:
+        operator = SqlToOpportunityOperator(
+            task_id=f"load_{uuid.uuid4().hex[:6]}",
+            sql=V1_TEST_SQL.format(table="crm_opportunities"),
+            sql_conn_id=WAREHOUSE_CONN,
+            key_columns="opportunity_ref",
+            mapping=V1_TEST_MAPPING,
+            state_conn_id=OPERATOR_STATE_CONN,
+            sync_name=OPERATOR_SYNC,
+            progress_interval=0,
+        )
+        summary, _ = run(operator)
+        return summary
+
+    # Every create is stored by the CRM and its answer lost: both rows' outcomes are unknown.
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    first = load()
+    assert (first["created"], first["unknown"]) == (0, 2)
+    mock_crm.set_faults(FaultConfig())
+    stored = records_by_ref(mock_crm)
+    resolved_key, left_key = sorted(stored)
+    (record,) = stored[resolved_key]
+
+    # The person finds the record in the CRM and gives its id on the page.
+    frame = _open_from_navigation(page, deployment)
+    _row(frame, "~local", OPERATOR_SYNC).get_by_role("link", name=OPERATOR_SYNC).click()
+    _expect(frame.locator("table.unknowns tr.unknown")).to_have_count(2)
+    unknown = frame.locator(f'table.unknowns tr.unknown[data-key="{resolved_key}"]')
+    unknown.get_by_role("textbox").fill(str(record["id"]))
+    unknown.get_by_role("button", name="Resolve").click()
+    _expect(frame.locator("#status")).to_have_text(f"Recorded CRM id {record['id']} for {resolved_key}.")
+    _expect(frame.locator("table.unknowns tr.unknown")).to_have_count(1, timeout=15_000)
+    assert _state_rows(deployment.local_state, OPERATOR_SYNC)[resolved_key] == (str(record["id"]), "created")
+
+    # The next run updates the resolved row's record and creates nothing; the other stays unknown.
+    before = mock_crm.counters.snapshot()
+    second = load()
+    after = mock_crm.counters.snapshot()
+    assert (second["updated"], second["created"], second["unknown"]) == (1, 0, 1)
+    assert (after["v1_updates"] - before["v1_updates"], after["v1_creates"] - before["v1_creates"]) == (1, 0)
+    assert [item["id"] for item in records_by_ref(mock_crm)[resolved_key]] == [record["id"]]
+    rows = _state_rows(deployment.local_state, OPERATOR_SYNC)
+    assert rows[resolved_key] == (str(record["id"]), "updated")
+    assert rows[left_key][1] == "unknown"

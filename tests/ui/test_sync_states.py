@@ -1,4 +1,5 @@
-"""The page's reading and changing of sync states, over state files written through ``SyncState``."""
+"""The page's reading and changing of sync states (the shared operations), over state files written
+through ``SyncState``, runs recorded in the runs table as the engine records them."""
 
 from __future__ import annotations
 
@@ -72,17 +73,19 @@ def test_the_list_counts_every_sync_of_every_state(states: dict[str, Path]) -> N
 def test_one_sync_has_its_runs_newest_first_and_its_open_problems(states: dict[str, Path]) -> None:
     detail = sync_states.sync_detail(LOCAL_STATE_ID, sample.MAIN_SYNC)
 
-    assert detail.runs_complete is False
+    assert detail.runs_complete is True
     assert len(detail.runs) == 2
     newest, oldest = detail.runs
     assert newest.started_at is not None
     assert oldest.started_at is not None
     assert newest.started_at > oldest.started_at
-    assert (oldest.counts.created, oldest.counts.rejected, oldest.counts.unknown) == (9, 2, 0)
+    # From the runs table: what each run counted, not what it was the last to write.
+    assert (oldest.counts.created, oldest.counts.rejected, oldest.counts.unknown) == (12, 2, 0)
     assert (newest.counts.updated, newest.counts.rejected, newest.counts.unknown) == (3, 1, 1)
     assert newest.duration_seconds is not None
     assert newest.duration_seconds >= 0
-    assert newest.requests is None  # not recorded by these tables
+    assert (newest.requests, newest.retries, newest.rate_limited) == (5, 2, 1)
+    assert (newest.verdict, oldest.verdict) == ("failed", "passed")
     assert [(row.source_key, row.outcome, row.code) for row in detail.unknowns] == [
         ("opp-0014", "unknown", "outcome_unknown")
     ]
@@ -112,10 +115,10 @@ def test_the_problems_filter_by_code(states: dict[str, Path]) -> None:
 def test_an_unknown_sync_or_a_partition_is_not_found(states: dict[str, Path]) -> None:
     with pytest.raises(sync_states.SyncNotFoundError):
         sync_states.sync_detail(LOCAL_STATE_ID, "no.such.sync")
-    with pytest.raises(sync_states.SyncNotFoundError, match="partitions"):
+    with pytest.raises(sync_states.SyncNotFoundError, match="no partition 1"):
         sync_states.sync_detail(LOCAL_STATE_ID, sample.MAIN_SYNC, partition=1)
     with pytest.raises(sync_states.SyncNotFoundError, match="partitions"):
-        sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, 0)
+        sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, 0, actor="tester")
     assert len(_state_rows(states["local"], sample.MAIN_SYNC)) == 16
 
 
@@ -153,7 +156,7 @@ def test_a_driver_error_is_shown_by_its_type_only(tmp_path: Path, monkeypatch: p
     assert "secret" not in unreachable.reason
     for action in (
         lambda: sync_states.sync_detail("ui_bad_state", "any.sync"),
-        lambda: sync_states.forget("ui_bad_state", "any.sync", None, expected_rows=1),
+        lambda: sync_states.forget("ui_bad_state", "any.sync", None, actor="tester", expected_rows=1),
     ):
         with pytest.raises(sync_states.StateUnavailableError, match="DatabaseError") as refused:
             action()
@@ -163,7 +166,7 @@ def test_a_driver_error_is_shown_by_its_type_only(tmp_path: Path, monkeypatch: p
 def test_resolve_records_the_crm_id_so_the_next_run_updates_instead_of_creating(
     states: dict[str, Path],
 ) -> None:
-    changed = sync_states.resolve(LOCAL_STATE_ID, sample.MAIN_SYNC, None, "opp-0014", "7777")
+    changed = sync_states.resolve(LOCAL_STATE_ID, sample.MAIN_SYNC, None, "opp-0014", "7777", actor="tester")
 
     assert changed == 1
     state = SyncState.local(states["local"], sync_name=sample.MAIN_SYNC, run_id="next-run")
@@ -173,19 +176,28 @@ def test_resolve_records_the_crm_id_so_the_next_run_updates_instead_of_creating(
         record = state.lookup([digest])[digest]
     finally:
         state.close()
-    assert (record.crm_id, record.outcome, record.payload_hash) == ("7777", "created", "h-opp-0014")
+    # No payload hash: whatever the lost create stored, the next run sends an update of 7777.
+    assert (record.crm_id, record.outcome, record.payload_hash) == ("7777", "created", None)
     assert sync_states.sync_detail(LOCAL_STATE_ID, sample.MAIN_SYNC).unknowns == []
     # A row whose outcome is known is left alone.
-    assert sync_states.resolve(LOCAL_STATE_ID, sample.MAIN_SYNC, None, "opp-0001", "1") == 0
+    assert sync_states.resolve(LOCAL_STATE_ID, sample.MAIN_SYNC, None, "opp-0001", "1", actor="tester") == 0
     assert _state_rows(states["local"], sample.MAIN_SYNC)["opp-0001"][0] == "1001"
+    # A key the sync does not hold is an error, and writes nothing.
+    with pytest.raises(sync_states.KeyNotFoundError):
+        sync_states.resolve(LOCAL_STATE_ID, sample.MAIN_SYNC, None, "opp-9999", "1", actor="tester")
+    assert "opp-9999" not in _state_rows(states["local"], sample.MAIN_SYNC)
 
 
 def test_resend_clears_the_hash_of_known_rows_only(states: dict[str, Path]) -> None:
-    changed = sync_states.resend(
-        LOCAL_STATE_ID, sample.MAIN_SYNC, None, ["opp-0004", "opp-0012", "opp-0014", "nope", "opp-0004"]
+    result = sync_states.resend(
+        LOCAL_STATE_ID,
+        sample.MAIN_SYNC,
+        None,
+        ["opp-0004", "opp-0012", "opp-0014", "nope", "opp-0004"],
+        actor="tester",
     )
 
-    assert changed == 2
+    assert (result.marked, result.unresolved, result.missing) == (2, ["opp-0014"], ["nope"])
     rows = _state_rows(states["local"], sample.MAIN_SYNC)
     assert rows["opp-0004"] == ("1004", None, "created")
     assert rows["opp-0012"][1] is None
@@ -194,21 +206,21 @@ def test_resend_clears_the_hash_of_known_rows_only(states: dict[str, Path]) -> N
 
 
 def test_retry_code_marks_the_rejects_of_that_code(states: dict[str, Path]) -> None:
-    assert sync_states.retry_code(CONN, sample.API_SYNC, None, "24221") == 2
+    assert sync_states.retry_code(CONN, sample.API_SYNC, None, "24221", actor="tester") == 2
     rows = _state_rows(states["connection"], sample.API_SYNC)
     assert rows["a-3"][1] is None
     assert rows["a-4"][1] is None
     assert rows["a-5"][1] == "h-a-5"  # the unknown (another code, and unresolved) is left alone
-    assert sync_states.retry_code(CONN, sample.API_SYNC, None, "no-such-code") == 0
+    assert sync_states.retry_code(CONN, sample.API_SYNC, None, "no-such-code", actor="tester") == 0
 
 
 def test_forget_deletes_the_sync_and_its_rejects_once_the_count_is_confirmed(states: dict[str, Path]) -> None:
     with pytest.raises(sync_states.ChangedSinceConfirmedError) as refused:
-        sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, None, expected_rows=15)
+        sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, None, actor="tester", expected_rows=15)
     assert refused.value.rows == 16
     assert len(_state_rows(states["local"], sample.MAIN_SYNC)) == 16
 
-    assert sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, None, expected_rows=16) == 16
+    assert sync_states.forget(LOCAL_STATE_ID, sample.MAIN_SYNC, None, actor="tester", expected_rows=16) == 16
 
     assert _state_rows(states["local"], sample.MAIN_SYNC) == {}
     with sqlite3.connect(states["local"]) as connection:
@@ -225,6 +237,8 @@ def test_values_are_bound_not_interpolated(states: dict[str, Path]) -> None:
     hostile = "x' OR '1'='1"
     with pytest.raises(sync_states.SyncNotFoundError):
         sync_states.sync_detail(LOCAL_STATE_ID, hostile)
-    assert sync_states.resend(LOCAL_STATE_ID, hostile, None, [hostile]) == 0
-    assert sync_states.retry_code(LOCAL_STATE_ID, sample.MAIN_SYNC, None, hostile) == 0
+    with pytest.raises(sync_states.SyncNotFoundError):
+        sync_states.resend(LOCAL_STATE_ID, hostile, None, [hostile], actor="tester")
+    assert sync_states.resend(LOCAL_STATE_ID, sample.MAIN_SYNC, None, [hostile], actor="tester").marked == 0
+    assert sync_states.retry_code(LOCAL_STATE_ID, sample.MAIN_SYNC, None, hostile, actor="tester") == 0
     assert len(_state_rows(states["local"], sample.MAIN_SYNC)) == 16

@@ -319,8 +319,10 @@ def test_platform_without_credentials_names_the_fields(monkeypatch: pytest.Monke
 def test_test_connection_changes_nothing(hook: OpportunityHook, mock_crm: MockCrmServer) -> None:
     ok, message = hook.test_connection()
     assert ok, message
-    assert "v1 signed ping accepted" in message
-    assert "v2 token accepted" in message
+    assert "v1 (iVvy)" in message
+    assert "the signed test ping was accepted" in message
+    assert "v2 (Nexus)" in message
+    assert "was issued and accepted" in message
     counts = mock_crm.counters.snapshot()
     assert counts["v1_creates"] == counts["v1_updates"] == counts["v2_puts"] == 0
     assert mock_crm.store.v1_records() == []
