@@ -489,6 +489,10 @@ class OpportunityHook(HttpHook):
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 allow_redirects=False,
                 proxies={urlsplit(request.url).scheme: proxy} if proxy else {},
+                # Given per request: with trust_env, requests otherwise lets REQUESTS_CA_BUNDLE or
+                # CURL_CA_BUNDLE replace the session's verify, the connection's own setting.
+                verify=settings.verify,
+                cert=settings.cert,
             )
             return Answer(response.status_code, response.headers, response.content)
         except (
