@@ -15,7 +15,13 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from airflow_opportunity_provider.answers import token_error, v1_error, v2_error
 from airflow_opportunity_provider.auth import client_credentials_form
-from airflow_opportunity_provider.connection import OpportunitySettings
+from airflow_opportunity_provider.connection import (
+    CLIENT_ID_FIELD,
+    CLIENT_SECRET_FIELD,
+    PASSWORD_FIELD,
+    OpportunitySettings,
+    check_credential,
+)
 from airflow_opportunity_provider.errors import (
     V2,
     OpportunityApiError,
@@ -206,7 +212,9 @@ def _v1_call(
     idempotent: bool,
     payload: Mapping[str, Any] | None = None,
 ) -> Call[T]:
-    base_url, _, _ = settings.require_v1()
+    base_url, _, api_secret = settings.require_v1()
+    # Settings made in code never passed the connection's checks; the key is checked as a header.
+    check_credential(settings.conn_id, PASSWORD_FIELD, api_secret)
 
     def read_error(status: int, headers: Mapping[str, str], answer: Any) -> OpportunityApiError:
         return v1_error(status, headers, answer, what)
@@ -443,6 +451,8 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
     if not (client_id and client_secret and token_url):
         settings.require_v2()  # raises, naming the missing fields
         raise OpportunityAuthenticationError("The v2 client credentials are incomplete.")
+    check_credential(settings.conn_id, CLIENT_ID_FIELD, client_id)
+    check_credential(settings.conn_id, CLIENT_SECRET_FIELD, client_secret)
     what = "The v2 token request"
     host = origin_of(token_url)
 

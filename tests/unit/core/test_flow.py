@@ -8,6 +8,7 @@ sent); anything else that is not a clean answer ends it as outcome-unknown after
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -433,6 +434,25 @@ def test_a_header_value_that_would_break_the_line_is_refused_before_sending() ->
     assert transport.requests == []
     assert "login" in str(caught.value)
     assert "IWS" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "named", "make_call"),
+    [
+        ("v1_api_secret", "password", lambda settings: protocol.v1_add_or_update(settings, CREATE)),
+        ("v2_client_id", "extra.v2_client_id", protocol.v2_token),
+        ("v2_client_secret", "extra.v2_client_secret", protocol.v2_token),
+    ],
+    ids=["v1 secret", "client id", "client secret"],
+)
+def test_a_credential_with_a_line_break_is_refused_before_any_request(
+    field: str, named: str, make_call: Any
+) -> None:
+    settings = dataclasses.replace(SETTINGS, **{field: "value\r\nX-Injected: 1"})
+    with pytest.raises(OpportunityConfigurationError) as caught:
+        make_call(settings)
+    assert named in str(caught.value)
+    assert "value\r\n" not in str(caught.value)
 
 
 def test_a_login_with_a_newline_is_refused_when_the_connection_is_read() -> None:
