@@ -92,6 +92,9 @@ class Call(Generic[T]):
     :param payload: the fields of a v1 create, carried by an outcome-unknown error.
     :param secrets: secrets the body holds (a client secret), hidden from every message.
     :param extra_headers: the connection's ``extra.headers``, sent with every attempt.
+    :param read_not_json: the error a 2xx answer that is not JSON stands for, from its status and
+        content type, when this call knows what such an answer means; ``None`` leaves it an
+        answer that is not the platform's (its outcome unknown).
     """
 
     endpoint: str
@@ -108,6 +111,7 @@ class Call(Generic[T]):
     payload: Mapping[str, Any] | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    read_not_json: Callable[[int, str], OpportunityApiError] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -473,6 +477,16 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
     def read_error(status: int, headers: Mapping[str, str], answer: Any) -> OpportunityApiError:
         return token_error(status, headers, answer, what, host)
 
+    def read_not_json(status: int, content_type: str) -> OpportunityApiError:
+        # A sign-in page or a proxy's notice, not a token endpoint: asking again brings the same page.
+        return OpportunityAuthenticationError(
+            f"The v2 token endpoint at {host} answered HTTP {status} with a body that is not JSON "
+            f"({content_type}) and so no access_token; check that extra.v2_oauth_url is the OAuth2 token "
+            "endpoint.",
+            status_code=status,
+            platform=V2,
+        )
+
     return Call(
         endpoint="v2_token",
         method="POST",
@@ -488,4 +502,5 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
         # The body carries the secret form-encoded: hide both spellings.
         secrets=(client_secret, quote_plus(client_secret)),
         extra_headers=settings.headers,
+        read_not_json=read_not_json,
     )

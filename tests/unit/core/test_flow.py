@@ -397,8 +397,9 @@ def test_a_static_token_is_never_replaced() -> None:
         (answer(200, {"access_token": "   "}), False),
         (answer(401, {"error": "invalid_client"}), False),
         (answer(400, {"error": "invalid_scope"}), False),
+        (answer(200, "<html>Sign in</html>", {"Content-Type": "text/html"}), False),
     ],
-    ids=["no access_token", "empty", "not a string", "blank", "401", "400"],
+    ids=["no access_token", "empty", "not a string", "blank", "401", "400", "HTML"],
 )
 def test_a_token_answer_without_a_usable_token_is_a_clear_error_after_one_request(
     reply: Any, retried: bool
