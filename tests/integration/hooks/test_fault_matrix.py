@@ -9,9 +9,12 @@ put) are retried, at most ``RETRIES`` times. Both clients must agree on every ro
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import certifi
 import pytest
 
+from airflow_opportunity_provider.connection import OpportunitySettings
 from tests.integration.hooks.both_clients import (
     CALLS,
     RECORD,
@@ -53,7 +56,7 @@ UNKNOWN_FAULTS: list[tuple[str, Callable[[], Behaviour], tuple[str, ...], bool]]
     ("200 JSON that is not a record", lambda: answer(200, [1, 2]), ("put",), False),
     ("read timeout", lambda: hang_for(2.0), CALLS, False),
     *[
-        (str(status), lambda status=status: answer(status, "<html>error</html>", HTML), CALLS, False)  # type: ignore[misc]
+        (str(status), lambda status=status: answer(status, "<html>error</html>", HTML), CALLS, False)
         for status in (408, 499, 500, 502, 504, 520, 524, 527)
     ],
 ]
@@ -65,7 +68,7 @@ def _server(script: list[Behaviour], tls: bool, certificate: Certificate) -> Fau
     return FaultServer(script, tls=certificate.server_context() if tls else None)
 
 
-def _settings(server: FaultServer, certificate: Certificate, **extra: object):  # type: ignore[no-untyped-def]
+def _settings(server: FaultServer, certificate: Certificate, **extra: Any) -> OpportunitySettings:
     return settings_for(
         server.base_url, read_timeout=READ_TIMEOUT, verify=str(certificate.cert_path), **extra
     )
@@ -166,3 +169,19 @@ def test_a_put_on_a_kept_alive_connection_that_drops_is_one_attempt_per_request(
     with FaultServer([drop, drop, drop]) as server:
         hook, client = both_clients.run(_settings(server, certificate, max_retries=0), "put", [server])
     assert hook.api_requests == client.api_requests == 1
+
+
+@pytest.mark.parametrize("verify", ["bundle", False], ids=["the connection's CA bundle", "verify off"])
+def test_requests_ca_bundle_never_replaces_the_connections_verify(
+    verify: str | bool,
+    both_clients: BothClients,
+    certificate: Certificate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bundle that does not hold the test certificate, as a machine's environment may name one.
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", certifi.where())
+    monkeypatch.setenv("CURL_CA_BUNDLE", certifi.where())
+    with _server([_ok("create")], True, certificate) as server:
+        setting = str(certificate.cert_path) if verify == "bundle" else False
+        hook, _ = both_clients.run(settings_for(server.base_url, verify=setting), "create", [server])
+    assert hook.outcome == "created id 755"
