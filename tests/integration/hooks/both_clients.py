@@ -195,16 +195,16 @@ def _texts_of(error: BaseException | None) -> list[str]:
     return texts
 
 
-def assert_no_secret(results: Sequence[Result], caplog: pytest.LogCaptureFixture, *extra: str) -> None:
+def assert_no_secret(results: Sequence[Result], log_text: str, *extra: str) -> None:
     """No secret (the API secret, the client secret, a token, a request's signature) appears in
-    any error's text or repr, in its cause's, or in the captured log.
+    any error's text or repr, in its cause's, or in what was logged.
 
     :param results: the results to check.
-    :param caplog: the test's captured log.
+    :param log_text: everything logged (see :attr:`BothClients.log_text`).
     :param extra: more values that must not appear.
     """
     secrets = [API_SECRET, CLIENT_SECRET, STATIC_TOKEN, ISSUED_TOKEN, *_signatures(results), *extra]
-    texts = [text for result in results for text in _texts_of(result.error)] + [caplog.text]
+    texts = [text for result in results for text in _texts_of(result.error)] + [log_text]
     for secret in secrets:
         for text in texts:
             assert secret not in text, f"a secret reached: {text[:300]}"
@@ -214,10 +214,20 @@ def assert_no_secret(results: Sequence[Result], caplog: pytest.LogCaptureFixture
 class BothClients:
     """Runs one call through both clients and checks that nothing secret leaked.
 
-    :param caplog: the test's captured log.
+    :param caplog: the test's captured log records (the asyncio client logs through ``logging``).
+    :param capsys: the test's captured output (Airflow's task logger renders the hook's lines there).
     """
 
     caplog: pytest.LogCaptureFixture
+    capsys: pytest.CaptureFixture[str]
+    printed: list[str] = field(default_factory=list)
+
+    @property
+    def log_text(self) -> str:
+        """Everything logged so far in the test, through either logger."""
+        out, err = self.capsys.readouterr()
+        self.printed += [out, err]
+        return self.caplog.text + "".join(self.printed)
 
     def run(
         self, settings: OpportunitySettings, call: str, servers: Sequence[FaultServer]
@@ -236,5 +246,5 @@ class BothClients:
             hook.api_requests,
             client.api_requests,
         )
-        assert_no_secret((hook, client), self.caplog)
+        assert_no_secret((hook, client), self.log_text)
         return hook, client

@@ -11,10 +11,10 @@ from tests.integration.hooks.fault_servers import Certificate, make_certificate
 
 
 @pytest.fixture
-def both_clients(caplog: pytest.LogCaptureFixture) -> BothClients:
+def both_clients(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> BothClients:
     """Runs one call through the hook and the async client, checking that nothing secret leaks."""
     caplog.set_level("DEBUG")
-    return BothClients(caplog)
+    return BothClients(caplog, capsys)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,8 @@ def answer(status: int, body: bytes | str | Any = b"", headers: dict[str, str] |
         connection.sendall(f"{head}Content-Length: {len(raw)}\r\n\r\n".encode() + raw)
         return True
 
+    # A 429 or 503 refuses the request unprocessed; every other behaviour may have processed it.
+    behave.refuses = status in (429, 503)  # type: ignore[attr-defined]
     return behave
 
 
@@ -223,11 +225,13 @@ class FaultServer(_ThreadedServer):
         super().__init__(tls)
         self.script = script
         self.received: list[Received] = []
+        self.processed = 0
 
     def reset(self) -> None:
         """Forget what was received and start the script again."""
         with self._lock:
             self.received = []
+            self.processed = 0
 
     def serve(self, connection: socket.socket) -> None:
         stream = connection.makefile("rb")
@@ -242,6 +246,10 @@ class FaultServer(_ThreadedServer):
                 behaviour = self.script(request)
             else:
                 behaviour = self.script[min(index, len(self.script) - 1)]
+            if not getattr(behaviour, "refuses", False):
+                # As a real server would have: stored it, whatever the answer then is.
+                with self._lock:
+                    self.processed += 1
             if not behaviour(connection, request):
                 return
 

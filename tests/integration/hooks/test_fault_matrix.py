@@ -14,13 +14,17 @@ from typing import Any
 import certifi
 import pytest
 
-from airflow_opportunity_provider.connection import OpportunitySettings
+from airflow_opportunity_provider.connection import OpportunitySettings, settings_from_connection
+from airflow_opportunity_provider.mock_crm import FaultConfig, MockCrmServer
+from airflow_opportunity_provider.mock_crm.testing import connection_dict
 from tests.integration.hooks.both_clients import (
     CALLS,
     RECORD,
     RETRIES,
     V1_OK,
     BothClients,
+    assert_no_secret,
+    run_client,
     settings_for,
 )
 from tests.integration.hooks.fault_servers import (
@@ -139,6 +143,10 @@ def test_a_closed_port_is_retried_then_fails_and_nothing_was_received(
     assert hook.error is not None
     assert client.error is not None
     assert str(port) in str(hook.error)
+    # Every attempt was made, and each was logged as a retry before the next.
+    logged = both_clients.log_text
+    assert logged.count(f"(attempt {RETRIES} of {RETRIES + 1})") == 1
+    assert logged.count(f"attempt {RETRIES} failed") == 1
 
 
 @pytest.mark.parametrize("call", CALLS)
@@ -185,3 +193,22 @@ def test_requests_ca_bundle_never_replaces_the_connections_verify(
         setting = str(certificate.cert_path) if verify == "bundle" else False
         hook, _ = both_clients.run(settings_for(server.base_url, verify=setting), "create", [server])
     assert hook.outcome == "created id 755"
+
+
+def test_a_create_the_mock_crm_stores_then_drops_is_stored_once_per_client(
+    mock_crm: MockCrmServer, both_clients: BothClients
+) -> None:
+    settings = settings_from_connection("mock", **_mock_connection(mock_crm))
+    mock_crm.set_faults(FaultConfig(drop_after_commit_rate=1.0))
+    stored = []
+    for client in ("hook", "async"):
+        result = run_client(client, settings, "create", [])
+        assert result.outcome == "unknown"
+        stored.append(len(mock_crm.store.v1_records()))
+    assert stored == [1, 2]
+    assert_no_secret([], both_clients.log_text, mock_crm.config.api_secret)
+
+
+def _mock_connection(server: MockCrmServer) -> dict[str, Any]:
+    conn = connection_dict(server.base_url, server.config, max_retries=RETRIES)
+    return {key: conn[key] for key in ("host", "port", "login", "password", "extra")} | {"schema": None}
