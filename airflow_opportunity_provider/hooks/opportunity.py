@@ -344,7 +344,11 @@ class OpportunityHook(HttpHook):
         session.proxies = {}
         session.verify = settings.verify
         session.cert = settings.cert
-        session.trust_env = settings.trust_env
+        # Never requests' own reading of the environment, whatever extra.trust_env says: proxies
+        # are chosen per request by proxies.proxy_for (which honours trust_env, as the asyncio
+        # client does), and requests would also take Basic credentials from ~/.netrc, replacing
+        # the bearer token or riding along with a signed v1 request.
+        session.trust_env = False
         return session
 
     def _configure_session_from_mount_adapters(self, session: requests.Session) -> requests.Session:
@@ -489,8 +493,8 @@ class OpportunityHook(HttpHook):
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 allow_redirects=False,
                 proxies={urlsplit(request.url).scheme: proxy} if proxy else {},
-                # Given per request: with trust_env, requests otherwise lets REQUESTS_CA_BUNDLE or
-                # CURL_CA_BUNDLE replace the session's verify, the connection's own setting.
+                # Given per request as well: a session that trusted the environment would let
+                # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace the connection's own setting.
                 verify=settings.verify,
                 cert=settings.cert,
             )

@@ -5,6 +5,8 @@ its query.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.integration.hooks.both_clients import (
@@ -12,6 +14,7 @@ from tests.integration.hooks.both_clients import (
     CALLS,
     CLIENT_SECRET,
     RECORD,
+    STATIC_TOKEN,
     TOKEN_PATH,
     BothClients,
     settings_for,
@@ -86,3 +89,21 @@ def test_no_request_carries_a_secret_to_any_host_but_its_own(both_clients: BothC
         assert request.headers["x-api-authorization"].startswith(f"IWS {API_KEY}:")
         assert "matrix-api-secret" not in request.raw
         assert "authorization" not in request.headers
+
+
+@pytest.mark.parametrize("call", CALLS)
+def test_a_netrc_entry_for_the_host_never_changes_what_is_sent(
+    call: str, both_clients: BothClients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # requests reads ~/.netrc (or $NETRC) for a session that trusts the environment, and its Basic
+    # credentials would replace the bearer token, or go along with a signed v1 request.
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-password\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with FaultServer([answer(200, RECORD if call == "put" else {"success": True, "id": 755})]) as server:
+        hook, client = both_clients.run(settings_for(server.base_url), call, [server])
+    for result in (hook, client):
+        (request,) = result.received[0]
+        authorization = request.headers.get("authorization")
+        assert authorization == (f"Bearer {STATIC_TOKEN}" if call == "put" else None), result.outcome
