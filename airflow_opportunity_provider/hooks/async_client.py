@@ -386,6 +386,9 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
         return TransportFault(False, f"could not connect within {settings.connect_timeout:g} s")
     if isinstance(error, aiohttp.ClientConnectorSSLError | aiohttp.ClientConnectorCertificateError):
         return TransportFault(False, f"failed in the TLS handshake ({name})")
+    if isinstance(error, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        cause = type(error.os_error).__name__ if isinstance(error, aiohttp.ClientConnectorError) else name
+        return TransportFault(False, f"could not connect through the proxy ({cause})")
     if isinstance(error, aiohttp.ClientConnectorError):
         cause = type(error.os_error).__name__ if error.os_error is not None else name
         return TransportFault(False, f"could not connect ({cause})")

@@ -184,6 +184,8 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
             return TransportFault(True, f"failed in TLS after sending ({name})")
         return TransportFault(False, f"failed in the TLS handshake ({name})")
     if not sent:
+        if isinstance(error, requests.exceptions.ProxyError):
+            return TransportFault(False, f"could not connect through the proxy ({name})")
         return TransportFault(False, f"could not connect ({name})")
     return TransportFault(True, f"lost its connection after sending ({name})")
 

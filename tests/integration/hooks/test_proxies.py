@@ -9,8 +9,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.hooks.both_clients import V1_OK, BothClients, settings_for
-from tests.integration.hooks.fault_servers import Certificate, FaultServer, RecordingProxy, answer
+from tests.integration.hooks.both_clients import RETRIES, V1_OK, BothClients, settings_for
+from tests.integration.hooks.fault_servers import (
+    Certificate,
+    FaultServer,
+    RecordingProxy,
+    answer,
+    closed_port,
+)
 
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "ALL_PROXY")
 
@@ -96,3 +102,47 @@ def test_the_connections_proxies_extra_applies_to_both_clients(
     assert hook.outcome == "created id 755"
     assert len(proxy.received) == 2
     assert all(request.target.startswith(server.base_url) for request in proxy.received)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_refuses_connections_means_nothing_was_sent_for_both_clients(
+    scheme: str,
+    clean_proxy_environment: pytest.MonkeyPatch,
+    both_clients: BothClients,
+    certificate: Certificate,
+) -> None:
+    tls = certificate.server_context() if scheme == "https" else None
+    with FaultServer([answer(200, V1_OK)], tls=tls) as server:
+        clean_proxy_environment.setenv(f"{scheme.upper()}_PROXY", f"http://127.0.0.1:{closed_port()}")
+        settings = settings_for(server.base_url, verify=str(certificate.cert_path))
+        hook, client = both_clients.run(settings, "create", [server])
+    # Never reached the proxy, so a create is safely retried, and fails after every attempt.
+    assert hook.outcome == "OpportunityConnectionError sent=False"
+    assert hook.api_requests == 0
+    assert "through the proxy" in str(hook.error)
+    assert "through the proxy" in str(client.error)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_proxy_that_asks_for_credentials_is_one_refusal_for_both_clients(
+    scheme: str,
+    clean_proxy_environment: pytest.MonkeyPatch,
+    both_clients: BothClients,
+    certificate: Certificate,
+) -> None:
+    tls = certificate.server_context() if scheme == "https" else None
+    with FaultServer([answer(200, V1_OK)], tls=tls) as server, FaultServer([answer(407, b"")]) as proxy:
+        clean_proxy_environment.setenv(f"{scheme.upper()}_PROXY", proxy.base_url)
+        settings = settings_for(server.base_url, verify=str(certificate.cert_path))
+        hook, client = both_clients.run(settings, "create", [proxy, server])
+    assert hook.received[1] == client.received[1] == ()
+    if scheme == "http":
+        # The proxy's own answer to the request it was given: a definite refusal, not repeated.
+        assert hook.outcome == "OpportunityRequestFailedError 407"
+        assert hook.api_requests == 1
+    else:
+        # The tunnel was refused before a byte of the request left: nothing was sent.
+        assert hook.outcome == "OpportunityConnectionError sent=False"
+        assert hook.api_requests == RETRIES + 1
+        assert "through the proxy" in str(hook.error)
+        assert "through the proxy" in str(client.error)
