@@ -98,10 +98,15 @@ def test_a_fault_that_may_follow_processing(
         assert hook.api_requests == 2
 
 
+# The read timeout's decision is the same as in the rows above; three timeouts per client would
+# cost a second and show nothing more.
+BOUNDED = [
+    (row, i) for row, i in zip(ROWS, IDS, strict=True) if row[2] != "create" and row[0] != "read timeout"
+]
+
+
 @pytest.mark.parametrize(
-    ("label", "fault", "call", "tls"),
-    [row for row in ROWS if row[2] != "create"],
-    ids=[i for i in IDS if not i.endswith("-create")],
+    ("label", "fault", "call", "tls"), [row for row, _ in BOUNDED], ids=[i for _, i in BOUNDED]
 )
 def test_an_idempotent_call_is_retried_a_bounded_number_of_times(
     label: str,
@@ -111,8 +116,6 @@ def test_an_idempotent_call_is_retried_a_bounded_number_of_times(
     both_clients: BothClients,
     certificate: Certificate,
 ) -> None:
-    if label == "read timeout":
-        pytest.skip("the same decision as the row above; three timeouts per client cost a second")
     with _server([fault()], tls, certificate) as server:
         hook, _ = both_clients.run(_settings(server, certificate), call, [server])
     assert hook.error is not None
