@@ -64,6 +64,34 @@ def is_header_safe(value: str) -> bool:
     return _UNSAFE_IN_HEADER.search(value) is None
 
 
+# The name each credential goes by in messages, the connection field a user corrects.
+LOGIN_FIELD = "the login (the v1 API key)"
+PASSWORD_FIELD = "the password (the v1 API secret)"
+CLIENT_ID_FIELD = "extra.v2_client_id"
+CLIENT_SECRET_FIELD = "extra.v2_client_secret"
+TOKEN_FIELD = "extra.v2_token"
+
+
+def check_credential(conn_id: str, field_name: str, value: str | None) -> None:
+    """Refuse a credential holding a line break, a control character or a letter outside Latin-1.
+
+    No platform issues such a key, secret or client id: it comes from a paste that took a line
+    break along. Sent as it is, it would break a header line (the key, a token) or sign and
+    authenticate with something the platform never issued (a secret, a client id), failing later
+    with a vaguer error. The message names the field and never quotes the value.
+
+    :param conn_id: the connection id, for the message.
+    :param field_name: the field, as the user knows it (``"extra.v2_client_id"``).
+    :param value: the credential, or ``None``.
+    :raises OpportunityConfigurationError: naming the field.
+    """
+    if value is not None and not is_header_safe(value):
+        raise OpportunityConfigurationError(
+            f"Connection {conn_id!r}: {field_name} holds a line break, a control character or a letter "
+            "outside Latin-1, which cannot be sent as it is; correct it. Nothing was sent."
+        )
+
+
 @dataclass(frozen=True)
 class OpportunitySettings:
     """Everything a call needs from the connection, secrets kept out of ``repr``.
@@ -290,17 +318,15 @@ def settings_from_connection(
         )
         token_url = text(DEPRECATED_TOKEN_URL_FIELD)
     login = login or None
-    if login is not None and not is_header_safe(login):
-        raise OpportunityConfigurationError(
-            f"Connection {conn_id!r}: the login (the v1 API key) holds a line break, a control character "
-            "or a letter outside Latin-1, which cannot be sent in a header; correct it."
-        )
     static_token = text("v2_token")
-    if static_token is not None and not is_header_safe(static_token):
-        raise OpportunityConfigurationError(
-            f"Connection {conn_id!r}: extra.v2_token holds a line break, a control character or a letter "
-            "outside Latin-1, which cannot be sent in a header; correct it."
-        )
+    for field_name, value in (
+        (LOGIN_FIELD, login),
+        (PASSWORD_FIELD, password or None),
+        (TOKEN_FIELD, static_token),
+        (CLIENT_ID_FIELD, text("v2_client_id")),
+        (CLIENT_SECRET_FIELD, text("v2_client_secret")),
+    ):
+        check_credential(conn_id, field_name, value)
     return OpportunitySettings(
         conn_id=conn_id,
         v1_base_url=base_url_from(host, port, schema),

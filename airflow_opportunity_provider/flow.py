@@ -282,6 +282,12 @@ def _read_success(call: Call[T], request: Request, answer: Answer) -> Decision[T
         document = json.loads(answer.body)
     except (ValueError, UnicodeDecodeError):
         kind = next((v for k, v in answer.headers.items() if k.lower() == "content-type"), "no content type")
+        if call.read_not_json is not None:
+            error = call.read_not_json(status, kind)
+            verdict = (
+                Verdict.AUTH_FAILED if isinstance(error, OpportunityAuthenticationError) else Verdict.REJECTED
+            )
+            return Decision(verdict, error=error, status=status)
         return _unknown(
             call,
             OpportunityUnexpectedAnswerError(

@@ -15,7 +15,13 @@ from urllib.parse import quote_plus, urlencode, urlsplit
 
 from airflow_opportunity_provider.answers import token_error, v1_error, v2_error
 from airflow_opportunity_provider.auth import client_credentials_form
-from airflow_opportunity_provider.connection import OpportunitySettings
+from airflow_opportunity_provider.connection import (
+    CLIENT_ID_FIELD,
+    CLIENT_SECRET_FIELD,
+    PASSWORD_FIELD,
+    OpportunitySettings,
+    check_credential,
+)
 from airflow_opportunity_provider.errors import (
     V2,
     OpportunityApiError,
@@ -86,6 +92,9 @@ class Call(Generic[T]):
     :param payload: the fields of a v1 create, carried by an outcome-unknown error.
     :param secrets: secrets the body holds (a client secret), hidden from every message.
     :param extra_headers: the connection's ``extra.headers``, sent with every attempt.
+    :param read_not_json: the error a 2xx answer that is not JSON stands for, from its status and
+        content type, when this call knows what such an answer means; ``None`` leaves it an
+        answer that is not the platform's (its outcome unknown).
     """
 
     endpoint: str
@@ -102,6 +111,7 @@ class Call(Generic[T]):
     payload: Mapping[str, Any] | None = field(default=None, repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
     extra_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    read_not_json: Callable[[int, str], OpportunityApiError] | None = field(default=None, repr=False)
 
     @property
     def address(self) -> str:
@@ -206,7 +216,9 @@ def _v1_call(
     idempotent: bool,
     payload: Mapping[str, Any] | None = None,
 ) -> Call[T]:
-    base_url, _, _ = settings.require_v1()
+    base_url, _, api_secret = settings.require_v1()
+    # Settings made in code never passed the connection's checks; the key is checked as a header.
+    check_credential(settings.conn_id, PASSWORD_FIELD, api_secret)
 
     def read_error(status: int, headers: Mapping[str, str], answer: Any) -> OpportunityApiError:
         return v1_error(status, headers, answer, what)
@@ -443,6 +455,8 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
     if not (client_id and client_secret and token_url):
         settings.require_v2()  # raises, naming the missing fields
         raise OpportunityAuthenticationError("The v2 client credentials are incomplete.")
+    check_credential(settings.conn_id, CLIENT_ID_FIELD, client_id)
+    check_credential(settings.conn_id, CLIENT_SECRET_FIELD, client_secret)
     what = "The v2 token request"
     host = origin_of(token_url)
 
@@ -463,6 +477,16 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
     def read_error(status: int, headers: Mapping[str, str], answer: Any) -> OpportunityApiError:
         return token_error(status, headers, answer, what, host)
 
+    def read_not_json(status: int, content_type: str) -> OpportunityApiError:
+        # A sign-in page or a proxy's notice, not a token endpoint: asking again brings the same page.
+        return OpportunityAuthenticationError(
+            f"The v2 token endpoint at {host} answered HTTP {status} with a body that is not JSON "
+            f"({content_type}) and so no access_token; check that extra.v2_oauth_url is the OAuth2 token "
+            "endpoint.",
+            status_code=status,
+            platform=V2,
+        )
+
     return Call(
         endpoint="v2_token",
         method="POST",
@@ -478,4 +502,5 @@ def v2_token(settings: OpportunitySettings) -> Call[Mapping[str, Any]]:
         # The body carries the secret form-encoded: hide both spellings.
         secrets=(client_secret, quote_plus(client_secret)),
         extra_headers=settings.headers,
+        read_not_json=read_not_json,
     )

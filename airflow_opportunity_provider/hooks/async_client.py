@@ -215,6 +215,11 @@ class AsyncOpportunityClient:
             # Proxies are chosen per request by proxies.proxy_for, as the requests hook chooses them.
             trust_env=False,
         )
+        # aiohttp resends a PUT, GET or DELETE once, unasked, when its connection drops before the
+        # answer (it counts on a kept-alive connection having gone stale): a second request that
+        # ``flow`` never decided on, and that neither the retry policy nor ``requests_sent`` counts.
+        # aiohttp has no public switch for it (checked up to 3.14).
+        self._session._retry_connection = False
         self._token_lock = asyncio.Lock()
 
     async def close(self) -> None:
@@ -447,6 +452,9 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
         return TransportFault(False, f"could not connect within {settings.connect_timeout:g} s")
     if isinstance(error, aiohttp.ClientConnectorSSLError | aiohttp.ClientConnectorCertificateError):
         return TransportFault(False, f"failed in the TLS handshake ({name})")
+    if isinstance(error, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        cause = type(error.os_error).__name__ if isinstance(error, aiohttp.ClientConnectorError) else name
+        return TransportFault(False, f"could not connect through the proxy ({cause})")
     if isinstance(error, aiohttp.ClientConnectorError):
         cause = type(error.os_error).__name__ if error.os_error is not None else name
         return TransportFault(False, f"could not connect ({cause})")
@@ -456,8 +464,9 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
         return TransportFault(True, f"had its answer cut short ({name})")
     if isinstance(error, _READ_TIMEOUT):
         return TransportFault(True, f"got no answer within {settings.read_timeout:g} s")
-    if isinstance(error, ssl.SSLError):
-        return TransportFault(True, f"failed in TLS after sending ({name})")
+    tls_error = _tls_cause(error)
+    if tls_error is not None:
+        return TransportFault(True, f"failed in TLS after sending ({type(tls_error).__name__})")
     if isinstance(error, aiohttp.ClientError | OSError | asyncio.IncompleteReadError):
         return TransportFault(True, f"lost its connection after sending ({name})")
     if isinstance(error, _BEFORE_SENDING):
@@ -466,6 +475,19 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
             "extra.v2_base_url, extra.v2_oauth_url and extra.proxies."
         ) from None
     raise error
+
+
+def _tls_cause(error: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a failure after connecting: aiohttp reports a TLS alert or a bad record
+    on an established connection as a ``ClientOSError`` raised from the ``ssl.SSLError``."""
+    current: BaseException | None = error
+    for _ in range(4):
+        if current is None:
+            return None
+        if isinstance(current, ssl.SSLError):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _ssl_option(verify: bool | str, cert: str | tuple[str, str] | None = None) -> bool | ssl.SSLContext:

@@ -183,6 +183,8 @@ def _transport_fault(error: BaseException, settings: OpportunitySettings) -> Tra
             return TransportFault(True, f"failed in TLS after sending ({name})")
         return TransportFault(False, f"failed in the TLS handshake ({name})")
     if not sent:
+        if isinstance(error, requests.exceptions.ProxyError):
+            return TransportFault(False, f"could not connect through the proxy ({name})")
         return TransportFault(False, f"could not connect ({name})")
     return TransportFault(True, f"lost its connection after sending ({name})")
 
@@ -343,7 +345,11 @@ class OpportunityHook(HttpHook):
         session.proxies = {}
         session.verify = settings.verify
         session.cert = settings.cert
-        session.trust_env = settings.trust_env
+        # Never requests' own reading of the environment, whatever extra.trust_env says: proxies
+        # are chosen per request by proxies.proxy_for (which honours trust_env, as the asyncio
+        # client does), and requests would also take Basic credentials from ~/.netrc, replacing
+        # the bearer token or riding along with a signed v1 request.
+        session.trust_env = False
         return session
 
     def _configure_session_from_mount_adapters(self, session: requests.Session) -> requests.Session:
@@ -536,6 +542,10 @@ class OpportunityHook(HttpHook):
                 timeout=(settings.connect_timeout, settings.read_timeout),
                 allow_redirects=False,
                 proxies={urlsplit(request.url).scheme: proxy} if proxy else {},
+                # Given per request as well: a session that trusted the environment would let
+                # REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE replace the connection's own setting.
+                verify=settings.verify,
+                cert=settings.cert,
             )
             return Answer(response.status_code, response.headers, response.content)
         except (

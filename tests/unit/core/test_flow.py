@@ -8,6 +8,7 @@ sent); anything else that is not a clean answer ends it as outcome-unknown after
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 import pytest
@@ -396,8 +397,9 @@ def test_a_static_token_is_never_replaced() -> None:
         (answer(200, {"access_token": "   "}), False),
         (answer(401, {"error": "invalid_client"}), False),
         (answer(400, {"error": "invalid_scope"}), False),
+        (answer(200, "<html>Sign in</html>", {"Content-Type": "text/html"}), False),
     ],
-    ids=["no access_token", "empty", "not a string", "blank", "401", "400"],
+    ids=["no access_token", "empty", "not a string", "blank", "401", "400", "HTML"],
 )
 def test_a_token_answer_without_a_usable_token_is_a_clear_error_after_one_request(
     reply: Any, retried: bool
@@ -433,6 +435,25 @@ def test_a_header_value_that_would_break_the_line_is_refused_before_sending() ->
     assert transport.requests == []
     assert "login" in str(caught.value)
     assert "IWS" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "named", "make_call"),
+    [
+        ("v1_api_secret", "password", lambda settings: protocol.v1_add_or_update(settings, CREATE)),
+        ("v2_client_id", "extra.v2_client_id", protocol.v2_token),
+        ("v2_client_secret", "extra.v2_client_secret", protocol.v2_token),
+    ],
+    ids=["v1 secret", "client id", "client secret"],
+)
+def test_a_credential_with_a_line_break_is_refused_before_any_request(
+    field: str, named: str, make_call: Any
+) -> None:
+    settings = dataclasses.replace(SETTINGS, **{field: "value\r\nX-Injected: 1"})
+    with pytest.raises(OpportunityConfigurationError) as caught:
+        make_call(settings)
+    assert named in str(caught.value)
+    assert "value\r\n" not in str(caught.value)
 
 
 def test_a_login_with_a_newline_is_refused_when_the_connection_is_read() -> None:
