@@ -770,8 +770,13 @@ class _Run:
                     carry = []
                 work = await self._queue.get()
                 if work is None:
-                    if carry:
-                        await writer.write(*carry)
+                    # The end: whatever the last commit does, this worker has had its None and
+                    # must return (looping back would wait on the queue for ever).
+                    try:
+                        if carry:
+                            await writer.write(*carry)
+                    except Exception as error:
+                        self._abort = self._abort or error
                     return
                 if self._abort is not None:
                     continue  # drain: rows not sent are simply read again next run
