@@ -486,9 +486,7 @@ class _Run:
                 continue
             work = pending[record.digest]
             counts.outcomes[Outcome.UNKNOWN] -= 1
-            counts.shown_rejects = [
-                shown for shown in counts.shown_rejects if shown[0] != _brief_key(work.key)
-            ]
+            counts.unshow(work.key)
             self._logged_unknown.discard(record.digest)
             if resolution.status == FOUND:
                 self.result.reconciled += 1
@@ -886,10 +884,6 @@ def _missing_message(work: _Work, code: str) -> str:
         f"the CRM no longer holds {record}, {origin} (deleted or merged there; the platform answered "
         f"{code}). The row is rejected on every run until it is resolved to another id{recreate_hint}."
     )
-
-
-def _brief_key(key: str) -> str:
-    return key if len(key) <= 120 else key[:117] + "..."
 
 
 async def run_sync(

@@ -71,6 +71,14 @@ class RunCounts:
         if outcome in _PROBLEMS and len(self.shown_rejects) < SHOWN_REJECTS:
             self.shown_rejects.append((_brief(source_key, 120), f"{outcome} {code}".strip(), _brief(message)))
 
+    def unshow(self, source_key: str) -> None:
+        """Drop a row's shown problems: its problem was settled later in the run.
+
+        :param source_key: the row's key, as :meth:`add` was given it.
+        """
+        shown = _brief(source_key, 120)
+        self.shown_rejects = [problem for problem in self.shown_rejects if problem[0] != shown]
+
     @property
     def done(self) -> int:
         """Rows of this partition whose outcome is known."""
