@@ -51,6 +51,8 @@ class FaultConfig:
     :param reject_names: opportunity names (v1 ``name``, v2 ``OpportunityName``) the server refuses
         as invalid: v1 answers 400 with specificCode 24224, v2 answers 400 with a
         ``ValidationMessage``.
+    :param unavailable_names: v1 opportunity name -> how many of its writes are answered 503 (with
+        ``retry_after``) before one is processed: a row refused on every attempt of one pass.
     :param faults_on_token_endpoint: apply latency, injected errors and the rate limit to the
         OAuth2 token endpoint too.
     :param list_ignores_filters: the v1 opportunity list neither reads nor applies ``filter``
@@ -69,6 +71,7 @@ class FaultConfig:
     burst: int | None = None
     token_ttl: float | None = None
     reject_names: frozenset[str] = frozenset()
+    unavailable_names: Mapping[str, int] = field(default_factory=dict)
     faults_on_token_endpoint: bool = False
     list_ignores_filters: bool = False
     list_ignores_venue_ids: bool = False
@@ -101,6 +104,15 @@ class FaultConfig:
             problems.append("burst must be >= 1")
         if self.token_ttl is not None and self.token_ttl <= 0:
             problems.append("token_ttl must be > 0 seconds")
+        for name, times in dict(self.unavailable_names).items():
+            if (
+                not isinstance(name, str)
+                or isinstance(times, bool)
+                or not isinstance(times, int)
+                or times < 0
+            ):
+                problems.append("unavailable_names must map names to whole numbers >= 0")
+                break
         for name in ("faults_on_token_endpoint", "list_ignores_filters", "list_ignores_venue_ids"):
             # "false" from a JSON client would otherwise switch the fault on.
             if not isinstance(getattr(self, name), bool):
@@ -176,6 +188,7 @@ class FaultInjector:
         self._capacity = float(faults.burst or max(1, math.floor(faults.rate_limit or 1)))
         self._bucket = self._capacity
         self._bucket_at = clock()
+        self._refused: dict[str, int] = {}
 
     @property
     def latency(self) -> float:
@@ -203,6 +216,19 @@ class FaultInjector:
             if draw < cumulative:
                 return status
         return None
+
+    def unavailable(self, name: Any) -> bool:
+        """Whether this write of ``name`` is answered 503 (``unavailable_names``); counts it.
+
+        :param name: the opportunity name the write carries.
+        """
+        if not isinstance(name, str) or name not in self.faults.unavailable_names:
+            return False
+        refused = self._refused.get(name, 0)
+        if refused >= self.faults.unavailable_names[name]:
+            return False
+        self._refused[name] = refused + 1
+        return True
 
     def drop_after_commit(self) -> bool:
         """Whether to close the connection without an answer after storing a write."""

@@ -382,6 +382,9 @@ class MockCrmServer:
             return _json(refusal.body(), refusal.status), ("auth_failures",), False
         try:
             write = v1.parse_add_or_update(body, injector.faults.reject_names)
+            if injector.unavailable(write.fields.get("name")):
+                answer = self._fault_answer("v1", 503, injector.retry_after_header(503))
+                return answer, ("rejected_by_fault",), False
             if write.opportunity_id is None:
                 new_id = self.store.v1_create(write)
                 return _json({"success": True, "id": new_id}), ("v1_creates",), True

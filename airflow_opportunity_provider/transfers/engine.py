@@ -88,6 +88,8 @@ _RENEWALS_PER_LEASE = 3
 # The create-hint fields: enough to look a lost create up in the CRM later.
 _HINT_FIELDS = ("venueId", "name")
 DEFAULT_LEASE_SECONDS = 120.0
+# A second pass over transient failures only when at most one row in this many failed.
+_FAILED_PASS_SHARE = 20
 LOST_CREATE = "lost_create"
 LOST_MESSAGE = (
     "the create's outcome was unknown and its reference is not in the CRM after the grace period: "
@@ -257,6 +259,11 @@ class _Run:
         self.matcher: Matcher | None = None
         # This run's creates answered "unknown": looked up, and maybe created again, at the end.
         self._unknown_work: dict[str, _Work] = {}
+        # This run's rows that failed on a transient error after every retry: sent once more at
+        # the end (a failed create was certainly not processed, so sending it again is safe).
+        self._failed_work: dict[str, _Work] = {}
+        self._second_pass: set[str] = set()
+        self._sends = 0
         self.sending = not settings.dry_run and client is not None
         self.counts = RunCounts()
         self.result = RunResult(self.counts, started_at=_utc_now())
@@ -410,6 +417,8 @@ class _Run:
                     await self._queue.put(None)
                 await asyncio.gather(*workers, return_exceptions=True)
                 progress.cancel()
+            if self._abort is None and self._failed_work:
+                await self._resend_failed(client)
             if self._abort is None and self.reconciler is not None and self._unknown_work:
                 await self._flush_writes()
                 await self._reconcile_this_run(client, self.reconciler)
@@ -419,6 +428,42 @@ class _Run:
         await self._flush_writes()
         if self.result.first_request_at is not None:
             self.result.last_commit_at = time.monotonic()
+
+    async def _resend_failed(self, client: AsyncOpportunityClient) -> None:
+        """Send once more, after every other row, the rows that failed on a transient error.
+
+        Scattered refusals (a 503 or 429 on each of a row's attempts) are cleared by one more
+        pass with the full retry policy. A CRM that refused more than one row in
+        ``_FAILED_PASS_SHARE`` is taken as down: its rows are left to the next run rather than
+        making this one wait through every retry again.
+        """
+        works = list(self._failed_work.values())
+        self._failed_work.clear()
+        if len(works) > max(1, self._sends // _FAILED_PASS_SHARE):
+            log.info(
+                "%d of %d rows failed on transient errors: too many for a second pass; the next run "
+                "sends them again.",
+                len(works),
+                self._sends,
+            )
+            return
+        log.info("Sending the %d row(s) that failed on transient errors once more.", len(works))
+        counts = self.counts
+        for work in works:
+            counts.outcomes[Outcome.FAILED] -= 1
+            counts.unshow(work.key)
+            self._second_pass.add(work.digest)
+        workers = [
+            asyncio.create_task(self._worker(client))
+            for _ in range(min(self.settings.concurrency, len(works)))
+        ]
+        try:
+            for work in works:
+                await self._queue.put(work)
+        finally:
+            for _ in workers:
+                await self._queue.put(None)
+            await asyncio.gather(*workers, return_exceptions=True)
 
     def _count_lookups(self) -> None:
         self.result.lookup_requests = sum(
@@ -806,6 +851,7 @@ class _Run:
         fatal: BaseException | None = None
         if self.result.first_request_at is None:
             self.result.first_request_at = time.monotonic()
+        self._sends += 1
         try:
             request = work.request
             if isinstance(request, CheckedV1Payload):
@@ -840,13 +886,16 @@ class _Run:
                 self._logged_unknown.add(work.digest)
                 if work.creates:
                     self._unknown_work[work.digest] = work
+            elif outcome == Outcome.FAILED and fatal is None and work.digest not in self._second_pass:
+                self._failed_work[work.digest] = work
             result = StateWrite(
                 work.key,
                 work.digest,
                 outcome,
                 error_code=code,
                 error_message=message,
-                reject=True,
+                # A second failure: the first pass already wrote this row to the rejects table.
+                reject=not (outcome == Outcome.FAILED and work.digest in self._second_pass),
             )
         if fatal is not None:
             await writer.write(result)

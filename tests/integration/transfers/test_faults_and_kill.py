@@ -24,6 +24,7 @@ from tests.integration.transfers.helpers import (
     V1_TEST_SQL,
     WAREHOUSE_CONN,
     records_by_ref,
+    reject_rows,
     run,
     state_rows,
 )
@@ -65,7 +66,7 @@ def test_2000_rows_through_503s_429s_and_dropped_connections(
     assert summary["retries"] > 150
 
     # Every dropped answer was a create the CRM stored: each found by its reference.
-    assert failure is None, failure
+    assert failure is None, (failure, reject_rows(state_db))
     assert summary["rows"] == 2000
     assert (summary["created"], summary["unknown"], summary["rejected"], summary["failed"]) == (2000, 0, 0, 0)
     assert summary["reconciled"] == counters["dropped_after_commit"]

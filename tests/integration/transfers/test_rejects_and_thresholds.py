@@ -93,3 +93,72 @@ def test_a_run_where_every_row_is_rejected_is_never_green(
     assert summary["rejected"] == 4
     _, failure = run(make_operator(max_rejected=1.0))
     assert failure is not None
+
+
+# -- rows refused on every attempt of the first pass -------------------------------------------
+
+# The connection's default: 5 retries, so 6 refusals use up one pass over a row.
+ONE_PASS = 6
+
+
+def _unavailable(mock_crm: MockCrmServer, refusals: dict[str, int]) -> None:
+    mock_crm.set_faults(
+        FaultConfig(
+            unavailable_names={_name(ref): times for ref, times in refusals.items()}, retry_after=0.01
+        )
+    )
+
+
+def test_a_row_refused_on_every_retry_is_sent_once_more_after_the_others(
+    warehouse: Callable[..., Path], state_db: Path, make_operator: Factory, mock_crm: MockCrmServer
+) -> None:
+    warehouse(100)
+    _unavailable(mock_crm, {"WH-000047": ONE_PASS})
+
+    summary, failure = run(make_operator())
+
+    assert failure is None, failure
+    assert (summary["created"], summary["failed"], summary["unknown"]) == (100, 0, 0)
+    loaded = records_by_ref(mock_crm)
+    assert len(loaded) == 100
+    assert len(loaded["WH-000047"]) == 1
+    assert mock_crm.counters.snapshot()["by_status"]["503"] == ONE_PASS
+    assert state_rows(state_db)["WH-000047"]["outcome"] == "created"
+    assert summary["first_problems"] == []
+
+
+def test_a_row_refused_through_both_passes_fails_the_run_with_one_reject_row(
+    warehouse: Callable[..., Path], state_db: Path, make_operator: Factory, mock_crm: MockCrmServer
+) -> None:
+    warehouse(100)
+    _unavailable(mock_crm, {"WH-000047": 2 * ONE_PASS})
+
+    summary, failure = run(make_operator())
+
+    assert failure is not None
+    assert "1 rows were lost to transient errors" in str(failure)
+    assert (summary["created"], summary["failed"]) == (99, 1)
+    assert mock_crm.counters.snapshot()["by_status"]["503"] == 2 * ONE_PASS
+    assert [row["source_key"] for row in reject_rows(state_db)] == ["WH-000047"]
+    assert state_rows(state_db)["WH-000047"]["outcome"] == "failed"
+
+    # Nothing refuses any more: the next run sends only that row.
+    mock_crm.set_faults(FaultConfig())
+    again, failure = run(make_operator())
+    assert failure is None
+    assert (again["created"], again["unchanged"], again["requests_sent"]) == (1, 99, 1)
+    assert len(records_by_ref(mock_crm)["WH-000047"]) == 1
+
+
+def test_a_crm_refusing_more_than_one_row_in_twenty_gets_no_second_pass(
+    warehouse: Callable[..., Path], state_db: Path, make_operator: Factory, mock_crm: MockCrmServer
+) -> None:
+    warehouse(20)
+    _unavailable(mock_crm, {"WH-000003": ONE_PASS, "WH-000011": ONE_PASS})
+
+    summary, failure = run(make_operator())
+
+    assert failure is not None
+    assert (summary["created"], summary["failed"]) == (18, 2)
+    # One pass each, no more: a CRM refusing this many rows is taken as down.
+    assert mock_crm.counters.snapshot()["by_status"]["503"] == 2 * ONE_PASS
