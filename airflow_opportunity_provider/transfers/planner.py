@@ -8,7 +8,9 @@ The rules, in precedence order (the first that applies decides):
    mapping or schema problem, a duplicate, a change — turns it into something that is sent or
    into another outcome the next run would resend; the state is not written and the row counts
    as ``unknown``. Only ``on_unknown="resend"`` creates it again, and only from a usable row seen
-   for the first time in the run.
+   for the first time in the run. A later row of a key already seen in this run (whose first
+   row's create may still be in flight) is still reported as ``duplicate_key``, to the rejects
+   table only, so that every row read is counted once and no duplicate goes unreported.
 2. **A row whose key cannot name it** (NULL, a value with no canonical text) is ``rejected``
    with code ``key``; only the rejects table hears of it, since there is no key to store.
 3. **A later row of a key already seen in this run** is ``rejected`` with ``duplicate_key``; the
@@ -164,6 +166,8 @@ def plan(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
     """
     # 1. An unresolved create stays unresolved, whatever the row brings.
     if stored is not None and stored.outcome in UNRESOLVED:
+        if row.duplicate:
+            return _rejected(DUPLICATE_KEY, DUPLICATE_MESSAGE, Write.REJECT_ONLY)
         if policy.on_unknown == "resend" and row.problem is None and not row.duplicate:
             decision = _request(row, None, policy)
             if decision.action is Action.CREATE:

@@ -67,6 +67,9 @@ def _expected(
 ) -> tuple[Any, ...]:
     """``(action, counted outcome, write, code)`` by the rules, in their order."""
     if stored in ("unknown", "in_flight"):
+        if problem == "duplicate":
+            # Reported, to the rejects table only: the state keeps the unresolved create.
+            return Action.NOTHING, Outcome.REJECTED, Write.REJECT_ONLY, DUPLICATE_KEY
         if on_unknown == "resend" and problem == "none" and target == "v1":
             return Action.CREATE, None, Write.NOTHING, None
         return Action.NOTHING, Outcome.UNKNOWN, Write.NOTHING, OUTCOME_UNKNOWN
@@ -132,7 +135,7 @@ def test_invariants(combination: tuple[Any, ...]) -> None:
     unresolved = stored in ("unknown", "in_flight")
     # An unresolved create keeps its state: never written, never updated, re-created only on request.
     if unresolved:
-        assert decision.write is Write.NOTHING
+        assert decision.write in (Write.NOTHING, Write.REJECT_ONLY)
         assert decision.action is not Action.UPDATE
         if decision.action is Action.CREATE:
             assert on_unknown == "resend"
