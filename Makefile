@@ -25,7 +25,7 @@ help:
 	@echo "make demo   start the mock CRM server and run the example DAGs against it"
 	@echo "make ui     the Airflow UI with the Opportunity syncs page, on the demo's state"
 	@echo "make test   lint, type-check and run the whole test suite"
-	@echo "make bench  run the bulk-load benchmark and print its table"
+	@echo "make bench  run the bulk-load and state-database benchmarks and print their tables"
 	@echo "make lock   regenerate $(LOCK) from pyproject.toml"
 
 $(BIN)/uv:
@@ -84,6 +84,7 @@ ui: airflow-db demo-output/sync-state.db
 
 bench: airflow-db
 	$(BIN)/python -m benchmarks.bulk_load
+	$(BIN)/python -m benchmarks.state_databases --rows 100000
 
 lock: $(BIN)/uv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 \
