@@ -20,7 +20,7 @@ import gc
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -262,7 +262,8 @@ class _Run:
         # This run's rows that failed on a transient error after every retry: sent once more at
         # the end (a failed create was certainly not processed, so sending it again is safe).
         self._failed_work: dict[str, _Work] = {}
-        self._second_pass: set[str] = set()
+        # True while that pass runs: a row failing again is left to the next run.
+        self._second_pass = False
         self._sends = 0
         self.sending = not settings.dry_run and client is not None
         self.counts = RunCounts()
@@ -407,15 +408,9 @@ class _Run:
                 await self._reconcile_earlier_creates(self.reconciler)
             if settings.match_on and settings.target == "v1":
                 self.matcher = Matcher(client, settings.match_on, per_page=settings.list_page_size)
-            workers = [asyncio.create_task(self._worker(client)) for _ in range(settings.concurrency)]
             try:
-                await self._plan()
-            except BaseException as error:
-                self._abort = self._abort or error
+                await self._with_workers(client, settings.concurrency, self._plan())
             finally:
-                for _ in workers:
-                    await self._queue.put(None)
-                await asyncio.gather(*workers, return_exceptions=True)
                 progress.cancel()
             if self._abort is None and self._failed_work:
                 await self._resend_failed(client)
@@ -452,14 +447,32 @@ class _Run:
         for work in works:
             counts.outcomes[Outcome.FAILED] -= 1
             counts.unshow(work.key)
-            self._second_pass.add(work.digest)
-        workers = [
-            asyncio.create_task(self._worker(client))
-            for _ in range(min(self.settings.concurrency, len(works)))
-        ]
-        try:
+
+        async def feed() -> None:
             for work in works:
                 await self._queue.put(work)
+
+        self._second_pass = True
+        try:
+            await self._with_workers(client, min(self.settings.concurrency, len(works)), feed())
+        finally:
+            self._second_pass = False
+
+    async def _with_workers(self, client: AsyncOpportunityClient, count: int, feed: Awaitable[None]) -> None:
+        """Run ``count`` workers while ``feed`` fills the queue, then end each and wait for all.
+
+        A ``feed`` that raises stops the load (``_abort``) before the workers are ended, so that
+        they drain what is queued without sending it.
+
+        :param client: the client the workers send with.
+        :param count: how many workers.
+        :param feed: puts the rows to send on the queue.
+        """
+        workers = [asyncio.create_task(self._worker(client)) for _ in range(count)]
+        try:
+            await feed
+        except BaseException as error:
+            self._abort = self._abort or error
         finally:
             for _ in workers:
                 await self._queue.put(None)
@@ -886,7 +899,7 @@ class _Run:
                 self._logged_unknown.add(work.digest)
                 if work.creates:
                     self._unknown_work[work.digest] = work
-            elif outcome == Outcome.FAILED and fatal is None and work.digest not in self._second_pass:
+            elif outcome == Outcome.FAILED and fatal is None and not self._second_pass:
                 self._failed_work[work.digest] = work
             result = StateWrite(
                 work.key,
@@ -895,7 +908,7 @@ class _Run:
                 error_code=code,
                 error_message=message,
                 # A second failure: the first pass already wrote this row to the rejects table.
-                reject=not (outcome == Outcome.FAILED and work.digest in self._second_pass),
+                reject=not (outcome == Outcome.FAILED and self._second_pass),
             )
         if fatal is not None:
             await writer.write(result)

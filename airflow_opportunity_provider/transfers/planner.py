@@ -151,6 +151,7 @@ class Decision:
 
 _UNCHANGED = Decision(Action.NOTHING, Outcome.UNCHANGED)
 _STAYS_UNKNOWN = Decision(Action.NOTHING, Outcome.UNKNOWN, Write.NOTHING, OUTCOME_UNKNOWN, UNKNOWN_MESSAGE)
+_DUPLICATE = Decision(Action.NOTHING, Outcome.REJECTED, Write.REJECT_ONLY, DUPLICATE_KEY, DUPLICATE_MESSAGE)
 
 
 def _rejected(code: str, message: str, write: Write) -> Decision:
@@ -167,8 +168,8 @@ def plan(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
     # 1. An unresolved create stays unresolved, whatever the row brings.
     if stored is not None and stored.outcome in UNRESOLVED:
         if row.duplicate:
-            return _rejected(DUPLICATE_KEY, DUPLICATE_MESSAGE, Write.REJECT_ONLY)
-        if policy.on_unknown == "resend" and row.problem is None and not row.duplicate:
+            return _DUPLICATE
+        if policy.on_unknown == "resend" and row.problem is None:
             decision = _request(row, None, policy)
             if decision.action is Action.CREATE:
                 return decision
@@ -178,7 +179,7 @@ def plan(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
         return _rejected(KEY_PROBLEM, row.problem[1], Write.REJECT_ONLY)
     # 3. A key seen before in this run.
     if row.duplicate:
-        return _rejected(DUPLICATE_KEY, DUPLICATE_MESSAGE, Write.REJECT_ONLY)
+        return _DUPLICATE
     # 4. No payload: the mapping failed.
     if row.problem is not None:
         return _rejected(row.problem[0], row.problem[1], Write.STATE_AND_REJECT)
