@@ -1,10 +1,13 @@
 """The bulk-load engine: holds the sync partition's lease, carries out the planner's decision for
 each row, and sends with bounded concurrency.
 
-One asyncio event loop reads batches of rows (on the source thread, which also marks keys seen
-before in the run), looks their keys up in the state (on the state thread) one batch ahead,
-asks ``planner.plan`` what each row needs, and hands the rows to send to ``concurrency``
-workers that share one HTTP client and one rate limiter. Every state change goes through the
+One asyncio event loop has batches of rows read and planned on the source thread, one batch
+ahead: the thread reads them, marks keys seen before in the run, looks their keys up in the
+state through a connection of its own, maps the rows that their fingerprint does not settle,
+and asks ``planner.plan`` what each row needs. Unchanged rows only come back as a count (a
+no-change run never wakes the event loop for a row); the loop carries out the other decisions
+and hands the rows to send to ``concurrency`` workers that share one HTTP client and one rate
+limiter. Every state change goes through the
 state thread, which commits in groups and checks the lease in each commit; a worker commits a
 create's in-flight mark (with its previous row's outcome) before the create leaves, so a killed
 run leaves at most ``concurrency`` creates unresolved, and a run that lost its lease can send no
@@ -50,7 +53,9 @@ from airflow_opportunity_provider.transfers.planner import (
     Write,
     adopt,
     ambiguous,
+    fingerprint_matches,
     plan,
+    plan_settled,
     recreate,
 )
 from airflow_opportunity_provider.transfers.progress import ProgressReporter
@@ -75,6 +80,8 @@ from airflow_opportunity_provider.transfers.summary import SHOWN_REJECTS, RunCou
 
 T = TypeVar("T")
 Target = Literal["v1", "v2"]
+# A row that needs more than counting, its decision, and what the state held for its key.
+_Planned = tuple[SourceRow, Decision, StateRecord | None]
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +170,8 @@ class _Work:
     id_from_state: bool = False
     #: The update adopts a record the CRM already held (``match_on``).
     adopts: bool = False
+    #: The fingerprint of the source row, stored with its outcome (``None`` clears the stored one).
+    fingerprint: str | None = None
 
 
 @dataclass
@@ -272,6 +281,10 @@ class _Run:
         # seen so far) get one thread, the state another (created in run(), on the event loop).
         self._source_thread = ThreadPoolExecutor(1, thread_name_prefix="opportunity-sync-source")
         self._seen: SeenKeys | None = None
+        # The state's second connection, on the source thread, for its lookups (None: the
+        # lookups go to the state thread).
+        self._reader: SyncState | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.state_thread: StateThread | None = None
         self._queue: asyncio.Queue[_Work | None] = asyncio.Queue(maxsize=settings.concurrency * 4)
         self._abort: BaseException | None = None
@@ -289,7 +302,8 @@ class _Run:
     # -- the run ---------------------------------------------------------------------------
 
     async def run(self) -> RunResult:
-        self.state_thread = StateThread(self.state, asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self.state_thread = StateThread(self.state, self._loop)
         renewing: asyncio.Task[None] | None = None
         try:
             try:
@@ -341,6 +355,10 @@ class _Run:
 
     def _open_source(self) -> None:
         self._seen = SeenKeys()
+        reader = self.state.reader()
+        if reader is not None:
+            reader.open_reader()
+            self._reader = reader
         self.source.open()
 
     def _close_source(self) -> None:
@@ -349,6 +367,8 @@ class _Run:
         finally:
             if self._seen is not None:
                 self._seen.close()
+            if self._reader is not None:
+                self._reader.close()
 
     def _collect_client_figures(self) -> None:
         client = self.client
@@ -556,6 +576,7 @@ class _Run:
                         Outcome.CREATED,
                         payload_hash=work.payload_hash,
                         crm_id=str(resolution.crm_id),
+                        source_hash=work.fingerprint,
                     )
                 )
             else:
@@ -699,40 +720,68 @@ class _Run:
 
     # -- planning --------------------------------------------------------------------------
 
-    def _read_batch(self, limit: int) -> list[SourceRow] | None:
-        """On the source thread: the next rows, each marked when its key was read before."""
-        rows = self.source.read_chunk(limit)
-        if rows:
-            assert self._seen is not None
-            self._seen.mark(row for row in rows if row.digest)
-        return rows
+    def _lookup(self, rows: list[tuple[str, str | None]]) -> Mapping[str, StateRecord | None]:
+        """On the source thread: what the state holds for the keys of ``rows`` that their
+        fingerprint does not settle (``SyncState.lookup_unsettled``)."""
+        if self._reader is not None:
+            return self._reader.lookup_unsettled(rows)
+        assert self._loop is not None
+        # No second connection: the state thread looks them up, after the writes queued before.
+        lookup = self._on_state_thread(self.state.lookup_unsettled, rows)
+        return asyncio.run_coroutine_threadsafe(lookup, self._loop).result()
 
-    async def _fetch(self, limit: int) -> tuple[list[SourceRow], Mapping[str, StateRecord]] | None:
-        """The next batch of rows and what the state holds for their keys."""
-        rows = await self._on_source_thread(self._read_batch, limit)
+    def _read_and_plan(self, limit: int) -> tuple[int, list[_Planned]] | None:
+        """On the source thread: the next rows, looked up and planned; ``None`` at the end.
+
+        Returns how many rows are unchanged (and need nothing more) and the other rows with
+        their decisions. A row whose fingerprint settles it is neither read from the state nor
+        mapped.
+        """
+        source, policy = self.source, self.policy
+        rows = source.read_chunk(limit, defer_mapping=True)
         if rows is None:
             return None
-        digests = [row.digest for row in rows if row.digest]
-        records = await self._on_state_thread(self.state.lookup, digests) if digests else {}
-        return rows, records
+        assert self._seen is not None
+        self._seen.mark(row for row in rows if row.digest)
+        keyed = [(row.digest, row.fingerprint) for row in rows if row.digest]
+        unsettled = self._lookup(keyed) if keyed else {}
+        unchanged = 0
+        planned: list[_Planned] = []
+        stored: StateRecord | None
+        for row in rows:
+            if row.digest and row.digest not in unsettled:
+                stored, decision = None, plan_settled(row)
+            else:
+                stored = unsettled.get(row.digest) if row.digest else None
+                if row.raw is not None and not fingerprint_matches(row, stored):
+                    source.map(row)
+                decision = plan(row, stored, policy)
+            if decision.outcome is Outcome.UNCHANGED and decision.write is Write.NOTHING:
+                unchanged += 1
+                continue
+            row.raw = None
+            planned.append((row, decision, stored))
+        return unchanged, planned
 
     async def _plan(self) -> None:
-        """Read every batch of rows, decide each row's fate, and queue the rows to send.
+        """Have every batch of rows read and planned, and carry the decisions out.
 
-        The next batch is read, mapped and looked up (on the source and state threads) while
-        this one is planned, and the first batch is small, so that the first requests leave
-        at once. Duplicates are known from the keys seen, not from the state, so a lookup made
-        before an earlier row's write is never trusted for a second row of its key.
+        The next batch is read, looked up and planned (on the source thread) while this one is
+        carried out, and the first batch is small, so that the first requests leave at once.
+        Duplicates are known from the keys seen, not from the state, so a lookup made before an
+        earlier row's write is never trusted for a second row of its key.
         """
         batch = max(1, min(self.source.chunk_size, _PLAN_BATCH))
-        fetching = asyncio.ensure_future(self._fetch(min(batch, _FIRST_BATCH)))
+        fetching = asyncio.ensure_future(
+            self._on_source_thread(self._read_and_plan, min(batch, _FIRST_BATCH))
+        )
         try:
             while self._abort is None:
                 fetched = await fetching
                 if fetched is None:
                     return
-                fetching = asyncio.ensure_future(self._fetch(batch))
-                await self._plan_batch(*fetched)
+                fetching = asyncio.ensure_future(self._on_source_thread(self._read_and_plan, batch))
+                await self._carry_out(*fetched)
         finally:
             if not fetching.done():
                 # Still reading or looking up: let it finish before the source and state close.
@@ -741,13 +790,15 @@ class _Run:
                 # Mark a failed read as seen: the load already stopped for a reason of its own.
                 fetching.exception()
 
-    async def _plan_batch(self, rows: list[SourceRow], records: Mapping[str, StateRecord]) -> None:
-        policy, sending, counts = self.policy, self.sending, self.counts
-        for number, row in enumerate(rows, 1):
+    async def _carry_out(self, unchanged: int, planned: list[_Planned]) -> None:
+        """Count a batch's unchanged rows; write, count or queue each other row as its decision says."""
+        sending, counts = self.sending, self.counts
+        counts.rows += unchanged
+        counts.outcomes[Outcome.UNCHANGED] += unchanged
+        for number, (row, decision, stored) in enumerate(planned, 1):
             if self._abort is not None:
                 return
             counts.rows += 1
-            decision = plan(row, records.get(row.digest) if row.digest else None, policy)
             adopts = False
             if self.matcher is not None and decision.action is Action.CREATE:
                 decision, adopts = await self._match(row, decision, self.matcher)
@@ -755,7 +806,7 @@ class _Run:
                 assert decision.outcome is not None
                 counts.add(decision.outcome, row.key, decision.code or "", decision.message or "")
                 if sending and decision.write is not Write.NOTHING:
-                    self._write_unsent(row, decision)
+                    self._write_unsent(row, decision, stored)
             elif not sending:  # dry run: count what would happen
                 counts.add(Outcome.CREATED if decision.creates else Outcome.UPDATED)
             else:
@@ -770,6 +821,7 @@ class _Run:
                         decision.creates,
                         decision.id_from_state,
                         adopts,
+                        row.fingerprint,
                     )
                 )
                 continue
@@ -793,10 +845,23 @@ class _Run:
             ), False
         return adopt(decision, ids[0]), True
 
-    def _write_unsent(self, row: SourceRow, decision: Decision) -> None:
-        """Record a row that is not sent: a reject row, and its outcome when it has a key to store."""
+    def _write_unsent(self, row: SourceRow, decision: Decision, stored: StateRecord | None) -> None:
+        """Record a row that is not sent: a reject row, and its outcome when it has a key to store;
+        or the fingerprint of an unchanged row."""
         assert self.state_thread is not None
         assert decision.outcome is not None
+        if decision.write is Write.FINGERPRINT:
+            assert stored is not None
+            self.state_thread.submit(
+                StateWrite(
+                    row.key,
+                    row.digest,
+                    stored.outcome,
+                    payload_hash=row.payload_hash,
+                    source_hash=row.fingerprint,
+                )
+            )
+            return
         self.state_thread.submit(
             StateWrite(
                 row.key,
@@ -856,6 +921,7 @@ class _Run:
                 payload_hash=work.payload_hash,
                 attempted_at=time.time(),
                 create_hint=_create_hint(work.request),
+                source_hash=work.fingerprint,
             )
             await writer.write(*carry, intent)
         elif carry:
@@ -892,7 +958,14 @@ class _Run:
             self.counts.add(outcome)
             if work.adopts:
                 self.result.adopted += 1
-            result = StateWrite(work.key, work.digest, outcome, payload_hash=work.payload_hash, crm_id=crm_id)
+            result = StateWrite(
+                work.key,
+                work.digest,
+                outcome,
+                payload_hash=work.payload_hash,
+                crm_id=crm_id,
+                source_hash=work.fingerprint,
+            )
         else:
             self.counts.add(outcome, work.key, code, message)
             if outcome == Outcome.UNKNOWN:
@@ -929,7 +1002,9 @@ class _Run:
         except PayloadValidationError as error:
             log.warning("Row %s cannot be created again: %s", work.key, error.summary)
             return None
-        return _Work(work.key, work.digest, create, work.payload_hash, creates=True)
+        return _Work(
+            work.key, work.digest, create, work.payload_hash, creates=True, fingerprint=work.fingerprint
+        )
 
 
 def _missing_message(work: _Work, code: str) -> str:

@@ -30,3 +30,8 @@ class Outcome(StrEnum):
 LOADED: frozenset[Outcome] = frozenset({Outcome.CREATED, Outcome.UPDATED})
 #: Outcomes of a create whose result nobody knows: it must never be sent again on a guess.
 UNRESOLVED: frozenset[Outcome] = frozenset({Outcome.UNKNOWN, Outcome.IN_FLIGHT})
+#: The unresolved outcomes as an SQL list of literals: the partial index of the unresolved rows
+#: and the query that reads them spell it alike, or SQLite cannot tell that the index applies.
+UNRESOLVED_SQL = "('unknown', 'in_flight')"
+#: The loaded outcomes as an SQL list of literals.
+LOADED_SQL = "('created', 'updated')"

@@ -17,8 +17,11 @@ The rules, in precedence order (the first that applies decides):
    state keeps what the first row of the key did (sending both could create the record twice).
 4. **A row whose mapping failed** is ``rejected`` with ``mapping``; the state records the
    rejection and keeps the CRM id it holds, so the row's next change is an update of that record.
-5. **A row loaded before with the same payload** (``created`` or ``updated``, same hash) is
-   ``unchanged``: nothing is sent (nor checked: it passed when it was sent).
+5. **A row loaded before with the same payload** (``created`` or ``updated``) is ``unchanged``:
+   nothing is sent (nor checked: it passed when it was sent). The same payload is known from
+   the row's fingerprint when it is the one stored (the row need not even be mapped:
+   :func:`fingerprint_matches`), else from the payload's hash; in the second case a row with
+   a fingerprint has it stored, so that its next run is settled by the fingerprint.
 6. **A payload to send that breaks the schema** is ``rejected`` with ``schema``, the stored CRM
    id kept as in rule 4.
 7. **v1**: a row whose key has a CRM id is sent as an update of that id (create-once); one
@@ -82,6 +85,8 @@ class Write(enum.Enum):
     REJECT_ONLY = "reject_only"
     #: The outcome in the state (the CRM id kept) and a row in the rejects table.
     STATE_AND_REJECT = "state_and_reject"
+    #: The row's fingerprint in the state, its outcome, CRM id and hash kept (rule 5).
+    FINGERPRINT = "fingerprint"
 
 
 class Row(Protocol):
@@ -89,7 +94,8 @@ class Row(Protocol):
 
     ``key`` is ``""`` when the key itself is unusable; ``payload`` is ``None`` when mapping
     failed; ``problem`` is ``(code, reason)`` when the source could not make a payload or a key;
-    ``duplicate`` says an earlier row of this run had the same key.
+    ``duplicate`` says an earlier row of this run had the same key; ``fingerprint`` is the
+    fingerprint of its source values, or ``None``.
     """
 
     @property
@@ -106,6 +112,9 @@ class Row(Protocol):
 
     @property
     def duplicate(self) -> bool: ...
+
+    @property
+    def fingerprint(self) -> str | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +159,7 @@ class Decision:
 
 
 _UNCHANGED = Decision(Action.NOTHING, Outcome.UNCHANGED)
+_UNCHANGED_NEW_FINGERPRINT = Decision(Action.NOTHING, Outcome.UNCHANGED, Write.FINGERPRINT)
 _STAYS_UNKNOWN = Decision(Action.NOTHING, Outcome.UNKNOWN, Write.NOTHING, OUTCOME_UNKNOWN, UNKNOWN_MESSAGE)
 _DUPLICATE = Decision(Action.NOTHING, Outcome.REJECTED, Write.REJECT_ONLY, DUPLICATE_KEY, DUPLICATE_MESSAGE)
 
@@ -184,10 +194,41 @@ def plan(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
     if row.problem is not None:
         return _rejected(row.problem[0], row.problem[1], Write.STATE_AND_REJECT)
     # 5. Loaded before, with this very payload.
-    if stored is not None and stored.outcome in LOADED and stored.payload_hash == row.payload_hash:
-        return _UNCHANGED
+    if stored is not None and stored.outcome in LOADED:
+        if row.fingerprint is not None and stored.source_hash == row.fingerprint:
+            return _UNCHANGED
+        if stored.payload_hash == row.payload_hash:
+            return _UNCHANGED if row.fingerprint is None else _UNCHANGED_NEW_FINGERPRINT
     # 6 (the schema), 7 and 8.
     return _request(row, stored, policy)
+
+
+def fingerprint_matches(row: Row, stored: StateRecord | None) -> bool:
+    """Whether rule 5 holds for a row by its fingerprint alone, so that it need not be mapped.
+
+    Rules 1 to 4 need no payload either: a row for which this is true is planned without one.
+
+    :param row: the row, mapped or not.
+    :param stored: what the state holds for its key, or ``None``.
+    """
+    return (
+        row.fingerprint is not None
+        and stored is not None
+        and stored.source_hash == row.fingerprint
+        and stored.outcome in LOADED
+    )
+
+
+def plan_settled(row: Row) -> Decision:
+    """What :func:`plan` decides for a row whose key the state holds loaded from these very values
+    (:func:`fingerprint_matches` is true), without the record or the payload.
+
+    Rules 1, 2 and 4 cannot apply (the stored outcome is a loaded one, the row has a key, and
+    the mapping made a payload of the same values before), so rule 3 or rule 5 decides.
+
+    :param row: the row (mapped or not).
+    """
+    return _DUPLICATE if row.duplicate else _UNCHANGED
 
 
 def _request(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:

@@ -38,6 +38,7 @@ _UPSERT_ARRAYS = (
     ("error_message", "text"),
     ("attempted_at", "float8"),
     ("create_hint", "text"),
+    ("source_hash", "text"),
 )
 _REJECT_ARRAYS = (
     ("key_digest", "text"),
@@ -58,9 +59,10 @@ _UPDATED_ON_CONFLICT = (
     "error_message",
     "attempted_at",
     "create_hint",
+    "source_hash",
 )
 # Positions in the tuples SyncState.apply builds (see _STATE_COLUMNS and _REJECT_COLUMNS).
-_UPSERT_POSITIONS = (1, 2, 3, 4, 5, 8, 9, 10, 11)
+_UPSERT_POSITIONS = (1, 2, 3, 4, 5, 8, 9, 10, 11, 12)
 _REJECT_POSITIONS = (3, 4, 5, 6, 7)
 
 
@@ -97,9 +99,9 @@ def group_statement(state: SyncState, upserts: bool, rejects: bool, lease: bool,
         )
         ctes.append(
             f"upserted AS (INSERT INTO {state.table} AS s (sync_name, key_digest, source_key, crm_id, "
-            "payload_hash, outcome, error_code, error_message, attempted_at, create_hint, outcome_at, run_id) "
-            "SELECT %s, w.key_digest, w.source_key, w.crm_id, w.payload_hash, w.outcome, w.error_code, "
-            "w.error_message, w.attempted_at, w.create_hint, %s, %s "
+            "payload_hash, outcome, error_code, error_message, attempted_at, create_hint, source_hash, outcome_at, "
+            "run_id) SELECT %s, w.key_digest, w.source_key, w.crm_id, w.payload_hash, w.outcome, w.error_code, "
+            "w.error_message, w.attempted_at, w.create_hint, w.source_hash, %s, %s "
             f"FROM unnest({arrays}) AS w({names}) {gate} "
             f"ON CONFLICT (sync_name, key_digest) DO UPDATE SET {sets} RETURNING 1)"
         )

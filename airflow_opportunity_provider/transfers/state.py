@@ -20,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_opportunity_provider.errors import OpportunityConfigurationError, OpportunityError
 from airflow_opportunity_provider.serialization import dumps
 from airflow_opportunity_provider.transfers.keys import DIGEST_LENGTH, is_digest, key_digest, partition_of
-from airflow_opportunity_provider.transfers.outcomes import UNRESOLVED, Outcome
+from airflow_opportunity_provider.transfers.outcomes import LOADED_SQL, UNRESOLVED, UNRESOLVED_SQL, Outcome
 from airflow_opportunity_provider.transfers.state_sql import StateDialect, dialect_for, mysql_dialect
 
 DEFAULT_STATE_TABLE = "opportunity_sync_state"
@@ -61,6 +61,7 @@ _STATE_COLUMNS = (
     "error_message",
     "attempted_at",
     "create_hint",
+    "source_hash",
 )
 # A NULL in these keeps what the state holds: a rejected update keeps the record's id.
 _KEPT_WHEN_NULL = ("crm_id", "payload_hash", "attempted_at", "create_hint")
@@ -75,10 +76,23 @@ _REJECT_COLUMNS = (
     "error_message",
     "recorded_at",
 )
+# The SQLite reader's page cache in KiB: bounded, whatever the table's size.
+_READER_CACHE_KIB = 16384
+# (digest, fingerprint) pairs per query of lookup_unsettled on SQLite: two parameters each, under
+# the 999 bound parameters that SQLite before 3.32 allows.
+_SETTLED_BATCH = 450
+# The rows lookup_unsettled returns: no state, another fingerprint (or none), or not loaded.
+_UNSETTLED = (
+    "s.key_digest IS NULL OR b.f IS NULL OR s.source_hash IS NULL OR s.source_hash <> b.f "
+    f"OR s.outcome NOT IN {LOADED_SQL}"
+)
+# The stored texts of the unresolved outcomes (the records whose create hint is decoded).
+_UNRESOLVED_VALUES = frozenset(outcome.value for outcome in UNRESOLVED)
 _RECORD_COLUMNS = (
     "key_digest, source_key, crm_id, payload_hash, outcome, run_id, error_code, outcome_at, "
-    "attempted_at, create_hint"
+    "attempted_at, create_hint, source_hash"
 )
+_RECORD_WIDTH = len(_RECORD_COLUMNS.split(","))
 
 if TYPE_CHECKING:
     from airflow_opportunity_provider.transfers.sqlite_state import SqliteLoopWriter
@@ -129,9 +143,11 @@ class UnresolvedCreateError(OpportunityError):
         self.digests = list(digests)
 
 
-@dataclass(frozen=True, slots=True)
-class StateRecord:
+class StateRecord(NamedTuple):
     """What the state holds for one source key.
+
+    A named tuple rather than a frozen dataclass: every lookup makes one per row, and a tuple is
+    made several times faster, in the critical path of a no-change run.
 
     :param key: the key's full text.
     :param digest: the key's digest, its identity in the state.
@@ -143,7 +159,11 @@ class StateRecord:
     :param outcome_at: when the outcome was written, ISO 8601 UTC.
     :param attempted_at: epoch seconds (the writer's clock) when the last create intent was
         committed, or ``None``.
-    :param create_hint: the small JSON stored with a create intent, to find the record in the CRM.
+    :param create_hint: the small JSON stored with a create intent, to find the record in the CRM
+        (decoded for an unresolved create only: no other record is ever looked up by it).
+    :param source_hash: the fingerprint of the source row whose payload was loaded
+        (``source.SqlSource``), or ``None``: a row read again with the same fingerprint is
+        unchanged without being mapped.
     """
 
     key: str
@@ -156,6 +176,7 @@ class StateRecord:
     outcome_at: str = ""
     attempted_at: float | None = None
     create_hint: dict[str, Any] | None = None
+    source_hash: str | None = None
 
 
 @dataclass(slots=True)
@@ -176,6 +197,8 @@ class StateWrite:
     :param update_state: write the state row (``False`` to add only a reject row).
     :param attempted_at: epoch seconds when a create intent is committed.
     :param create_hint: a small JSON-able mapping stored with a create intent.
+    :param source_hash: the fingerprint of the source row the outcome is for. Unlike the fields
+        above, ``None`` clears it: a stored fingerprint must always belong to the stored hash.
     """
 
     key: str
@@ -189,6 +212,7 @@ class StateWrite:
     update_state: bool = True
     attempted_at: float | None = None
     create_hint: Mapping[str, Any] | None = None
+    source_hash: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.digest) != DIGEST_LENGTH:
@@ -470,6 +494,41 @@ class SyncState:
             self.dialect = mysql_dialect(mariadb="mariadb" in str(_text(row[0])).lower())
             self._sql.clear()
 
+    def reader(self) -> SyncState | None:
+        """A second connection to this state, for looking keys up from another thread, or ``None``.
+
+        The thread that reads the source looks its rows' keys up itself, in the same pass, so
+        an unchanged row never waits for the state thread (busy with commits) nor for the event
+        loop. Its connection reads in autocommit mode, so each lookup sees every commit made
+        before it. Only a SQLite state that is not a WAL file has none (a second connection
+        would wait for the writer's locks, or see another in-memory database). Call
+        :meth:`open_reader` on the result from the thread that will read.
+        """
+        if self.dialect.name == "sqlite" and self._wal_file is None:
+            return None
+        return SyncState(
+            self._connect,
+            self.dialect,
+            sync_name=self.sync_name,
+            run_id=self.run_id,
+            partition_index=self.partition_index,
+            partition_count=self.partition_count,
+            table=self.table,
+            rejects_table=self.rejects_table,
+            location=self.location,
+            dag_run_id=self.dag_run_id,
+        )
+
+    def open_reader(self) -> None:
+        """Connect for lookups only: no table is created, no lease is held or renewed."""
+        self._connection = self._connect()
+        self._prepare_connection()
+        if self.dialect.name == "sqlite":
+            self._connection.execute("PRAGMA busy_timeout=60000")
+            # A batch's keys are spread over the whole table: a page cache of a few thousand
+            # pages (instead of 500) reads each page once per run, not once per batch.
+            self._connection.execute(f"PRAGMA cache_size=-{_READER_CACHE_KIB}")
+
     def loop_writer(self) -> SqliteLoopWriter | None:
         """A second writer of this state for small commits made without a thread hand-off, or ``None``.
 
@@ -627,12 +686,72 @@ class SyncState:
             connection.commit()
         return found
 
+    def lookup_unsettled(self, rows: Sequence[tuple[str, str | None]]) -> dict[str, StateRecord | None]:
+        """What the state holds for the keys of ``rows`` that their fingerprint does not settle.
+
+        A key is settled when the state holds it ``created`` or ``updated`` with the very
+        fingerprint given (``planner.fingerprint_matches``): such keys are left out, so that a
+        no-change run reads no row of the state at all. Every other key is in the result: its
+        record, or ``None`` when the state has none. A ``None`` fingerprint settles nothing.
+        The join that leaves the settled keys out is made on SQLite and PostgreSQL; on other
+        databases every key is returned, and ``planner.plan`` settles them from their records.
+
+        :param rows: ``(digest, fingerprint)`` of each row of one batch.
+        """
+        found: dict[str, StateRecord | None] = {}
+        if not rows:
+            return found
+        name = self.dialect.name
+        if name not in ("sqlite", "postgresql"):
+            # Elsewhere every key is returned, settled or not: the planner settles them itself.
+            records = self.lookup([digest for digest, _ in rows])
+            return {digest: records.get(digest) for digest, _ in rows}
+        columns = ", ".join(f"s.{column.strip()}" for column in _RECORD_COLUMNS.split(","))
+        cursor = self.connection.cursor()
+        try:
+            if name == "postgresql":
+                # psycopg 3 sends the arrays in binary (%b): the server parses them in a third
+                # of the time text arrays take, which is most of what a no-change batch costs.
+                array = "%b" if type(self.connection).__module__.split(".")[0] == "psycopg" else "%s"
+                cursor.execute(
+                    f"SELECT b.d, {columns} FROM unnest({array}::text[], {array}::text[]) AS b(d, f) "
+                    f"LEFT JOIN {self.table} s ON s.sync_name = %s AND s.key_digest = b.d "
+                    f"WHERE {_UNSETTLED}",
+                    [
+                        [digest for digest, _ in rows],
+                        [fingerprint for _, fingerprint in rows],
+                        self.sync_name,
+                    ],
+                )
+                self._collect_unsettled(cursor.fetchall(), found)
+            else:
+                for start in range(0, len(rows), _SETTLED_BATCH):
+                    batch = rows[start : start + _SETTLED_BATCH]
+                    values = ", ".join(["(?, ?)"] * len(batch))
+                    cursor.execute(
+                        f"WITH b(d, f) AS (VALUES {values}) SELECT b.d, {columns} FROM b "
+                        f"LEFT JOIN {self.table} s ON s.sync_name = ? AND s.key_digest = b.d "
+                        f"WHERE {_UNSETTLED}",
+                        [*(value for row in batch for value in row), self.sync_name],
+                    )
+                    self._collect_unsettled(cursor.fetchall(), found)
+        finally:
+            cursor.close()
+        return found
+
+    @staticmethod
+    def _collect_unsettled(rows: Iterable[Sequence[Any]], found: dict[str, StateRecord | None]) -> None:
+        for row in rows:
+            found[_text(row[0])] = None if row[1] is None else _record(row[1:])
+
     def unresolved(self) -> list[StateRecord]:
         """Every record of this partition whose create's outcome is unknown or still in flight."""
         p = self.dialect.placeholder
+        # The outcomes as literals, as the partial index names them: with bound parameters
+        # SQLite cannot prove the index applies and scans every row of the sync.
         rows = self._read(
-            f"SELECT {_RECORD_COLUMNS} FROM {self.table} WHERE sync_name = {p} AND outcome IN ({p}, {p})",
-            [self.sync_name, Outcome.UNKNOWN.value, Outcome.IN_FLIGHT.value],
+            f"SELECT {_RECORD_COLUMNS} FROM {self.table} WHERE sync_name = {p} AND outcome IN {UNRESOLVED_SQL}",
+            [self.sync_name],
         )
         records = [_record(row) for row in rows]
         return [
@@ -787,6 +906,7 @@ class SyncState:
                 write.error_message,
                 write.attempted_at,
                 None if write.create_hint is None else _hint_text(write.create_hint),
+                write.source_hash,
             )
             for write in merged.values()
         ]
@@ -839,13 +959,14 @@ class SyncState:
                 message,
                 attempted,
                 hint,
+                source_hash,
             ) = row
             cursor.execute(
                 f"UPDATE {self.table} SET source_key = {p}, crm_id = COALESCE({p}, crm_id), "
                 f"payload_hash = COALESCE({p}, payload_hash), outcome = {p}, outcome_at = {p}, "
                 f"run_id = {p}, error_code = {p}, error_message = {p}, "
-                f"attempted_at = COALESCE({p}, attempted_at), create_hint = COALESCE({p}, create_hint) "
-                f"WHERE sync_name = {p} AND key_digest = {p}",
+                f"attempted_at = COALESCE({p}, attempted_at), create_hint = COALESCE({p}, create_hint), "
+                f"source_hash = {p} WHERE sync_name = {p} AND key_digest = {p}",
                 (
                     key,
                     crm_id,
@@ -857,6 +978,7 @@ class SyncState:
                     message,
                     attempted,
                     hint,
+                    source_hash,
                     sync_name,
                     digest,
                 ),
@@ -948,7 +1070,7 @@ class SyncState:
             for record in records.values():
                 if record.outcome in UNRESOLVED:
                     cursor.execute(
-                        f"UPDATE {self.table} SET payload_hash = NULL, crm_id = NULL, outcome = {p}, "
+                        f"UPDATE {self.table} SET payload_hash = NULL, source_hash = NULL, crm_id = NULL, outcome = {p}, "
                         f"error_code = {p}, error_message = {p}, outcome_at = {p} "
                         f"WHERE sync_name = {p} AND key_digest = {p}",
                         (
@@ -962,7 +1084,8 @@ class SyncState:
                     )
                 else:
                     cursor.execute(
-                        f"UPDATE {self.table} SET payload_hash = NULL WHERE sync_name = {p} AND key_digest = {p}",
+                        f"UPDATE {self.table} SET payload_hash = NULL, source_hash = NULL "
+                        f"WHERE sync_name = {p} AND key_digest = {p}",
                         (self.sync_name, record.digest),
                     )
                 marked += max(cursor.rowcount, 0)
@@ -978,7 +1101,8 @@ class SyncState:
         p = self.dialect.placeholder
         with self._write() as cursor:
             cursor.execute(
-                f"UPDATE {self.table} SET payload_hash = NULL WHERE sync_name = {p} AND error_code = {p} "
+                f"UPDATE {self.table} SET payload_hash = NULL, source_hash = NULL WHERE sync_name = {p} "
+                f"AND error_code = {p} "
                 f"AND outcome NOT IN ({p}, {p})",
                 (self.sync_name, code, Outcome.UNKNOWN.value, Outcome.IN_FLIGHT.value),
             )
@@ -1284,7 +1408,7 @@ class SyncState:
             query += f" AND error_code = {p}"
             parameters.append(code)
         rows = self._read(query + " ORDER BY outcome_at DESC, source_key", parameters)
-        return [(_record(row[:10]), _text(row[10])) for row in rows]
+        return [(_record(row[:_RECORD_WIDTH]), _text(row[_RECORD_WIDTH])) for row in rows]
 
     def last_runs(self) -> list[RunRecord]:
         """The newest run of every sync and partition in the runs table, by sync name and partition."""
@@ -1349,10 +1473,10 @@ _OUTCOMES = {outcome.value: outcome for outcome in Outcome}
 
 def _record(row: Sequence[Any]) -> StateRecord:
     # Called once per looked-up row, in the no-change run's critical path: kept lean.
-    digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, attempted_at, hint = row
+    digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, attempted_at, hint, source = row
     if type(key) is not str:  # a driver that hands back bytes for binary-collated columns
-        digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint = map(
-            _text, (digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint)
+        digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint, source = map(
+            _text, (digest, key, crm_id, payload_hash, outcome, run_id, code, outcome_at, hint, source)
         )
     return StateRecord(
         key,
@@ -1364,5 +1488,7 @@ def _record(row: Sequence[Any]) -> StateRecord:
         code,
         outcome_at or "",
         None if attempted_at is None else float(attempted_at),
-        json.loads(hint) if hint else None,
+        # Only an unresolved create is ever looked up by its hint: the others skip the decoding.
+        json.loads(hint) if hint and outcome in _UNRESOLVED_VALUES else None,
+        source,
     )

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from airflow_opportunity_provider.transfers.keys import key_digest
+from airflow_opportunity_provider.transfers.outcomes import UNRESOLVED_SQL
 from airflow_opportunity_provider.transfers.state_sql import StateDialect
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ def state_table_ddl(dialect: StateDialect, table: str) -> str:
         f"error_message {d.text}, "
         f"attempted_at {d.float}, "
         f"create_hint {d.text}, "
+        # The fingerprint of the source row last loaded (see source.SqlSource): a cache of
+        # "these values made that payload", so an unchanged row is known without mapping it.
+        f"source_hash {d.digest}, "
         f"PRIMARY KEY (sync_name, key_digest)){d.table_options}"
     )
 
@@ -159,7 +163,7 @@ def index_ddl(state: SyncState) -> list[str]:
         # Only the few unresolved rows are in it: no cost on the writes of loaded rows.
         unresolved = (
             f"CREATE INDEX {exists}{bare}_unresolved_idx ON {state.table} (sync_name) "
-            "WHERE outcome IN ('unknown', 'in_flight')"
+            f"WHERE outcome IN {UNRESOLVED_SQL}"
         )
     else:
         unresolved = f"CREATE INDEX {exists}{bare}_unresolved_idx ON {state.table} (sync_name, outcome)"
@@ -184,8 +188,11 @@ def ensure_tables(state: SyncState) -> None:
     ]
     for name, statement in tables:
         _create(state, name, statement)
-    if "key_digest" not in columns_of(state, state.table):
+    columns = columns_of(state, state.table)
+    if "key_digest" not in columns:
         migrate_state_table(state)
+    elif "source_hash" not in columns:
+        _add_column(state, state.table, f"source_hash {d.digest}")
     if "key_digest" not in columns_of(state, state.rejects_table):
         _migrate_rejects_table(state)
     for statement in index_ddl(state):
@@ -318,6 +325,21 @@ def migrate_state_table(state: SyncState) -> int:
             cursor.execute(f"ALTER TABLE {new} RENAME TO {_bare(state.table)}")
     log.warning("Migrated %d rows of %s", copied, state.table)
     return copied
+
+
+def _add_column(state: SyncState, table: str, definition: str) -> None:
+    """Add a nullable column that a table of an earlier release lacks (another partition may add it first).
+
+    :param state: the sync state, connected.
+    :param table: the table.
+    :param definition: the column's name and type.
+    """
+    name = definition.split()[0]
+    try:
+        _run(state, f"ALTER TABLE {table} ADD COLUMN {definition}")
+    except Exception:
+        if name not in columns_of(state, table):
+            raise
 
 
 def _migrate_rejects_table(state: SyncState) -> None:

@@ -112,6 +112,12 @@ def lease_database(
 
 
 @pytest.fixture
+def postgresql(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
+    """PostgreSQL alone (for what its drivers do differently)."""
+    yield from _database("postgresql", tmp_path, monkeypatch)
+
+
+@pytest.fixture
 def mariadb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     """MariaDB alone (its default collation is case-insensitive)."""
     yield from _database("mariadb", tmp_path, monkeypatch)

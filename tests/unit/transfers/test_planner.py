@@ -20,7 +20,9 @@ from airflow_opportunity_provider.transfers.planner import (
     Action,
     Policy,
     Write,
+    fingerprint_matches,
     plan,
+    plan_settled,
 )
 from airflow_opportunity_provider.transfers.source import SourceRow, payload_hash
 from airflow_opportunity_provider.transfers.state import StateRecord
@@ -168,3 +170,51 @@ def test_the_schema_problem_names_the_field() -> None:
     decision = plan(_row("schema", "v1"), None, Policy("v1"))
     assert decision.code == SCHEMA_PROBLEM
     assert "$.venueId" in (decision.message or "")
+
+
+# Fingerprints: the row's (None or "F"), the stored one (None, "F" or "G"), the stored outcome,
+# whether the payload changed, and whether the row is a later one of its key.
+FINGERPRINTS = list(itertools.product((None, "F"), (None, "F", "G"), STORED[1:], CHANGED, (False, True)))
+
+
+@pytest.mark.parametrize(
+    ("mine", "theirs", "stored", "changed", "duplicate"),
+    FINGERPRINTS,
+    ids=[
+        f"{m}-{t}-{s}-{'changed' if c else 'same'}-{'dup' if d else 'first'}"
+        for m, t, s, c, d in FINGERPRINTS
+    ],
+)
+def test_a_fingerprint_settles_a_row_only_when_it_is_the_one_stored_with_a_loaded_outcome(
+    mine: str | None, theirs: str | None, stored: str, changed: bool, duplicate: bool
+) -> None:
+    row = _row("duplicate" if duplicate else "none", "v1")
+    row.fingerprint = mine
+    record = _stored(stored, row, changed, "v1")
+    assert record is not None
+    record = record._replace(source_hash=theirs)
+    loaded = stored in ("created", "updated")
+    settled = mine is not None and mine == theirs and loaded
+    assert fingerprint_matches(row, record) is settled
+    if settled:
+        # The row need not even be mapped: plan decides without its payload, as plan_settled does.
+        unmapped = SourceRow("REF-1", None, None, digest=row.digest, fingerprint=mine, duplicate=duplicate)
+        expected = plan_settled(unmapped)
+        assert plan(unmapped, record, Policy("v1")) == expected == plan(row, record, Policy("v1"))
+        assert (expected.action, expected.outcome) == (
+            Action.NOTHING,
+            Outcome.REJECTED if duplicate else Outcome.UNCHANGED,
+        )
+        assert expected.write is (Write.REJECT_ONLY if duplicate else Write.NOTHING)
+        return
+    decision = plan(row, record, Policy("v1"))
+    if loaded and not changed and not duplicate:
+        # The same payload from values fingerprinted otherwise: unchanged, and the new
+        # fingerprint stored so that the next run settles the row without mapping it.
+        assert (decision.action, decision.outcome) == (Action.NOTHING, Outcome.UNCHANGED)
+        assert decision.write is (Write.NOTHING if mine is None else Write.FINGERPRINT)
+    else:
+        # Whatever the fingerprints, the rules without them decide.
+        plain = plan(row, record._replace(source_hash=None), Policy("v1"))
+        assert decision == plain
+        assert decision.write is not Write.FINGERPRINT

@@ -147,3 +147,104 @@ def test_a_key_that_names_no_row_is_a_problem_of_that_row_and_long_keys_stay_who
     assert len(problems) == 1
     assert problems[0][0] == "key"
     assert problems[0][1].endswith("of the query: key column 'ref' is inf, which names no row")
+
+
+def _fingerprints(database: str, sql: str = "SELECT * FROM t ORDER BY ref", **options: Any) -> dict[str, Any]:
+    hook = _FakeHook(lambda: sqlite3.connect(database))
+    defaults: dict[str, Any] = {"key_columns": ["ref"], "mapping": {"name": "name"}, "chunk_size": 10}
+    defaults.update(options)
+    source = SqlSource(hook, sql, **defaults)  # type: ignore[arg-type]
+    source.open()
+    rows = []
+    while (chunk := source.read_chunk(defer_mapping=True)) is not None:
+        rows.extend(chunk)
+    source.close()
+    return {row.key: row for row in rows if row.key}
+
+
+def test_a_fingerprint_is_the_same_for_the_same_values_query_and_mapping(database: str) -> None:
+    first, again = _fingerprints(database), _fingerprints(database)
+    assert {key: row.fingerprint for key, row in first.items()} == {
+        key: row.fingerprint for key, row in again.items()
+    }
+    assert len({row.fingerprint for row in first.values()}) == len(first)  # one per distinct row
+    assert all(row.fingerprint and len(row.fingerprint) == 32 for row in first.values())
+
+
+def test_a_fingerprint_changes_with_any_value_the_mapping_or_the_columns(database: str) -> None:
+    """Equal fingerprints must mean equal payloads: whatever could change the payload changes it."""
+    base = _fingerprints(database)["R001"].fingerprint
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE t SET amount = '1.5' WHERE ref = 'R001'")  # a column not mapped
+    assert _fingerprints(database)["R001"].fingerprint != base
+    with sqlite3.connect(database) as connection:
+        connection.execute("UPDATE t SET amount = '1.50' WHERE ref = 'R001'")
+    assert _fingerprints(database)["R001"].fingerprint == base
+    # Another mapping of the same values.
+    assert _fingerprints(database, mapping={"name": "name", "amount": "amount"})["R001"].fingerprint != base
+    assert _fingerprints(database, mapping={"title": "name"})["R001"].fingerprint != base
+    # The same values under swapped column names map to another payload.
+    swapped = _fingerprints(database, sql="SELECT ref, amount AS name, name AS amount FROM t ORDER BY ref")
+    assert swapped["R001"].fingerprint != base
+    # A type the driver hands back differently is another fingerprint too (never a false match).
+    typed = _fingerprints(
+        database, sql="SELECT ref, name, CAST(amount AS REAL) AS amount FROM t ORDER BY ref"
+    )
+    assert typed["R001"].fingerprint != base
+
+
+def test_deferred_rows_are_mapped_on_demand_and_a_callable_mapping_gets_no_fingerprint(database: str) -> None:
+    rows = _fingerprints(database)
+    row = rows["R001"]
+    assert (row.payload, row.payload_hash, row.raw) == (None, None, ("R001", "Name 1", "1.50"))
+    hook = _FakeHook(lambda: sqlite3.connect(database))
+    source = SqlSource(hook, "SELECT * FROM t ORDER BY ref", key_columns=["ref"], mapping={"name": "name"})  # type: ignore[arg-type]
+    source.open()
+    source.map(row)
+    source.close()
+    assert (row.payload, row.raw) == ({"name": "Name 1"}, None)
+    assert row.payload_hash == payload_hash({"name": "Name 1"})
+    by_callable = _fingerprints(database, mapping=lambda values: {"name": values["name"]})
+    assert all(row.fingerprint is None and row.payload is not None for row in by_callable.values())
+
+
+def test_a_value_that_cannot_be_pickled_leaves_the_row_without_a_fingerprint(database: str) -> None:
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            raise TypeError("no")
+
+    class Cursor:
+        description = (("ref",), ("name",))
+
+        def __init__(self) -> None:
+            self.rows = [("R1", Unpicklable())]
+
+        def execute(self, sql: str) -> None:
+            pass
+
+        def fetchmany(self, size: int) -> list[Any]:
+            rows, self.rows = self.rows, []
+            return rows
+
+        def close(self) -> None:
+            pass
+
+    class Connection:
+        def cursor(self) -> Cursor:
+            return Cursor()
+
+        def rollback(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    source = SqlSource(_FakeHook(Connection), "SELECT", key_columns=["ref"], mapping={"name": "name"})  # type: ignore[arg-type]
+    source.open()
+    chunk = source.read_chunk(defer_mapping=True)
+    assert chunk is not None
+    (row,) = chunk
+    # No fingerprint: mapped at once, and the payload's hash (here: a mapping problem) decides.
+    assert (row.fingerprint, row.raw) == (None, None)
+    assert row.problem is not None
+    assert row.problem[0] == "mapping"

@@ -59,8 +59,11 @@ def test_outcomes_are_upserted_and_a_null_id_keeps_the_stored_one(tmp_path: Path
         "rejected",
         "24224",
     )
-    # attempted_at and the create hint outlive the outcomes written after the intent.
-    assert (a.run_id, a.attempted_at, a.create_hint) == ("run-1", 100.5, {"name": "A"})
+    # attempted_at and the create hint outlive the outcomes written after the intent; the hint
+    # is decoded for unresolved creates only, the one kind ever looked up by it.
+    assert (a.run_id, a.attempted_at, a.create_hint) == ("run-1", 100.5, None)
+    hint = state.connection.execute(f"SELECT create_hint FROM {state.table}").fetchall()
+    assert ('{"name":"A"}',) in hint
     assert a.outcome_at.endswith("Z")
     rejects = state.rejects()
     assert [
@@ -293,3 +296,17 @@ def test_other_errors_of_the_wal_switch_are_raised_at_once() -> None:
     with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
         _switch_to_wal(connection)
     assert connection.calls == 1
+
+
+def test_the_unresolved_creates_are_read_through_their_index_not_by_a_scan(tmp_path: Path) -> None:
+    """Every run reads them three times: a scan of the sync's rows would cost as much as its lookups."""
+    state = _state(tmp_path / "state.db")
+    state.apply([_write("A", Outcome.IN_FLIGHT, payload_hash="h1"), _write("B", Outcome.CREATED, crm_id="7")])
+    statements: list[str] = []
+    state.connection.set_trace_callback(statements.append)
+    assert [record.key for record in state.unresolved()] == ["A"]
+    state.connection.set_trace_callback(None)
+    (query,) = [text for text in statements if text.lstrip().upper().startswith("SELECT")]
+    plan = state.connection.execute(f"EXPLAIN QUERY PLAN {query}").fetchall()
+    assert any("_unresolved_idx" in str(step[-1]) for step in plan), plan
+    state.close()
