@@ -18,13 +18,14 @@ state, records itself in the runs table and frees the lease.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
@@ -82,6 +83,8 @@ T = TypeVar("T")
 Target = Literal["v1", "v2"]
 # A row that needs more than counting, its decision, and what the state held for its key.
 _Planned = tuple[SourceRow, Decision, StateRecord | None]
+# A batch read ahead, and the lookup of its keys (None: no row with a key).
+_Read = tuple[list[SourceRow], "Future[Mapping[str, StateRecord | None]] | None"]
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +283,11 @@ class _Run:
         # A DB-API connection must stay on the thread that opened it: the source (and the keys
         # seen so far) get one thread, the state another (created in run(), on the event loop).
         self._source_thread = ThreadPoolExecutor(1, thread_name_prefix="opportunity-sync-source")
+        # The state's second connection lives on a thread of its own, so that a batch's lookup
+        # runs in the database while the source thread reads and fingerprints the next batch.
+        self._lookup_thread = ThreadPoolExecutor(1, thread_name_prefix="opportunity-sync-lookup")
+        # The next batch, read, with its lookup in flight (see _read_and_plan).
+        self._next: _Read | None = None
         self._seen: SeenKeys | None = None
         # The state's second connection, on the source thread, for its lookups (None: the
         # lookups go to the state thread).
@@ -355,11 +363,14 @@ class _Run:
 
     def _open_source(self) -> None:
         self._seen = SeenKeys()
+        self._lookup_thread.submit(self._open_reader).result()
+        self.source.open()
+
+    def _open_reader(self) -> None:
         reader = self.state.reader()
         if reader is not None:
             reader.open_reader()
             self._reader = reader
-        self.source.open()
 
     def _close_source(self) -> None:
         try:
@@ -367,8 +378,17 @@ class _Run:
         finally:
             if self._seen is not None:
                 self._seen.close()
-            if self._reader is not None:
-                self._reader.close()
+            pending, self._next = self._next, None
+            if pending is not None and pending[1] is not None:
+                # A lookup still running must end before its connection closes.
+                concurrent.futures.wait([pending[1]])
+            self._lookup_thread.submit(self._close_reader).result()
+            self._lookup_thread.shutdown(wait=True)
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def _collect_client_figures(self) -> None:
         client = self.client
@@ -721,7 +741,7 @@ class _Run:
     # -- planning --------------------------------------------------------------------------
 
     def _lookup(self, rows: list[tuple[str, str | None]]) -> Mapping[str, StateRecord | None]:
-        """On the source thread: what the state holds for the keys of ``rows`` that their
+        """On the lookup thread: what the state holds for the keys of ``rows`` that their
         fingerprint does not settle (``SyncState.lookup_unsettled``)."""
         if self._reader is not None:
             return self._reader.lookup_unsettled(rows)
@@ -730,21 +750,36 @@ class _Run:
         lookup = self._on_state_thread(self.state.lookup_unsettled, rows)
         return asyncio.run_coroutine_threadsafe(lookup, self._loop).result()
 
-    def _read_and_plan(self, limit: int) -> tuple[int, list[_Planned]] | None:
-        """On the source thread: the next rows, looked up and planned; ``None`` at the end.
-
-        Returns how many rows are unchanged (and need nothing more) and the other rows with
-        their decisions. A row whose fingerprint settles it is neither read from the state nor
-        mapped.
-        """
-        source, policy = self.source, self.policy
-        rows = source.read_chunk(limit, defer_mapping=True)
+    def _read(self, limit: int) -> _Read | None:
+        """On the source thread: the next rows, their keys marked as seen and their lookup
+        started; ``None`` at the end."""
+        rows = self.source.read_chunk(limit, defer_mapping=True)
         if rows is None:
             return None
         assert self._seen is not None
         self._seen.mark(row for row in rows if row.digest)
         keyed = [(row.digest, row.fingerprint) for row in rows if row.digest]
-        unsettled = self._lookup(keyed) if keyed else {}
+        return rows, self._lookup_thread.submit(self._lookup, keyed) if keyed else None
+
+    def _read_and_plan(self, limit: int, next_limit: int) -> tuple[int, list[_Planned]] | None:
+        """On the source thread: the next rows, looked up and planned; ``None`` at the end.
+
+        Returns how many rows are unchanged (and need nothing more) and the other rows with
+        their decisions. A row whose fingerprint settles it is neither read from the state nor
+        mapped. The batch after it is read, and its lookup started, before this one's lookup is
+        waited for: the database looks one batch up while this thread reads the next.
+
+        :param limit: rows of this batch, when it is the first.
+        :param next_limit: rows of the batch read ahead.
+        """
+        source, policy = self.source, self.policy
+        # None: nothing read ahead yet, or the end (where reading again answers None again).
+        current, self._next = self._next or self._read(limit), None
+        if current is None:
+            return None
+        rows, lookup = current
+        self._next = self._read(next_limit)
+        unsettled = lookup.result() if lookup is not None else {}
         unchanged = 0
         planned: list[_Planned] = []
         stored: StateRecord | None
@@ -773,14 +808,14 @@ class _Run:
         """
         batch = max(1, min(self.source.chunk_size, _PLAN_BATCH))
         fetching = asyncio.ensure_future(
-            self._on_source_thread(self._read_and_plan, min(batch, _FIRST_BATCH))
+            self._on_source_thread(self._read_and_plan, min(batch, _FIRST_BATCH), batch)
         )
         try:
             while self._abort is None:
                 fetched = await fetching
                 if fetched is None:
                     return
-                fetching = asyncio.ensure_future(self._on_source_thread(self._read_and_plan, batch))
+                fetching = asyncio.ensure_future(self._on_source_thread(self._read_and_plan, batch, batch))
                 await self._carry_out(*fetched)
         finally:
             if not fetching.done():

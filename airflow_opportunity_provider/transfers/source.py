@@ -132,8 +132,9 @@ class SqlSource:
         self._columns: list[str] | None = None
         self._key_indexes: list[int] = []
         self._field_indexes: list[tuple[str, int]] = []
-        # The key of every fingerprint of this query and mapping; None: no fingerprints.
-        self._fingerprint_key: bytes | None = None
+        # The keyed hash every fingerprint of this query and mapping starts from (copied: a
+        # copy costs less than keying a new one); None: no fingerprints.
+        self._fingerprint_base: Any = None
         # Rows fetched but not yet handed out: one fetchmany() is handed out in smaller batches,
         # so the first requests leave before the whole first chunk is mapped.
         self._fetched: list[Any] = []
@@ -201,7 +202,8 @@ class SqlSource:
         if isinstance(self.mapping, Mapping):
             self._field_indexes = [(field, index[column]) for field, column in self.mapping.items()]
             described = repr((FINGERPRINT_VERSION, tuple(columns), tuple(self.mapping.items())))
-            self._fingerprint_key = hashlib.blake2b(described.encode("utf-8"), digest_size=32).digest()
+            key = hashlib.blake2b(described.encode("utf-8"), digest_size=32).digest()
+            self._fingerprint_base = hashlib.blake2b(digest_size=16, key=key)
 
     def read_chunk(self, limit: int | None = None, *, defer_mapping: bool = False) -> list[SourceRow] | None:
         """The next rows of this partition, mapped (possibly none); ``None`` at the end.
@@ -229,14 +231,17 @@ class SqlSource:
         if end >= len(self._fetched):
             self._fetched, self._handed_out = [], 0  # let the chunk go before the next fetch
         prepare = self._prepare
-        deferring = [defer_mapping and self._fingerprint_key is not None] * len(raw)
+        deferring = [defer_mapping and self._fingerprint_base is not None] * len(raw)
         numbers = range(first_number, first_number + len(raw))
         return [row for row in map(prepare, raw, numbers, deferring) if row]
 
     def _prepare(self, raw: Sequence[Any], number: int, defer: bool = False) -> SourceRow | None:
-        key_values = [raw[i] for i in self._key_indexes]
+        key_indexes = self._key_indexes
         try:
-            key = encode_key(key_values, self.key_columns)
+            if len(key_indexes) == 1 and type(key := raw[key_indexes[0]]) is str:
+                pass  # one text key column, the common case: the key is its value
+            else:
+                key = encode_key([raw[i] for i in key_indexes], self.key_columns)
         except KeyEncodingError as error:
             # Every partition sees such a row; only partition 0 reports it.
             if self.partition_index:
@@ -246,20 +251,22 @@ class SqlSource:
             return None
         digest = key_digest(key)
         fingerprint = self._fingerprint(raw)
-        row = SourceRow(key, None, None, digest=digest, number=number, fingerprint=fingerprint, raw=raw)
+        row = SourceRow(key, None, None, None, digest, number, False, fingerprint, raw)
         if not defer or fingerprint is None:
             self.map(row)
         return row
 
     def _fingerprint(self, raw: Sequence[Any]) -> str | None:
-        key = self._fingerprint_key
-        if key is None:
+        base = self._fingerprint_base
+        if base is None:
             return None
         try:
             values = pickle.dumps(raw if type(raw) is tuple else tuple(raw), protocol=5)
         except Exception:
             return None  # a driver's value that cannot be pickled: the payload's hash decides
-        return hashlib.blake2b(values, digest_size=16, key=key).hexdigest()
+        hasher = base.copy()
+        hasher.update(values)
+        return str(hasher.hexdigest())
 
     def map(self, row: SourceRow) -> None:
         """Map a row read with ``defer_mapping``: set its payload and hash, or its problem.

@@ -713,10 +713,13 @@ class SyncState:
                 # psycopg 3 sends the arrays in binary (%b): the server parses them in a third
                 # of the time text arrays take, which is most of what a no-change batch costs.
                 array = "%b" if type(self.connection).__module__.split(".")[0] == "psycopg" else "%s"
+                # LATERAL ... LIMIT 1 keeps the join a probe of the primary key per row whatever
+                # the statistics say: a table never analyzed yet (right after its first load)
+                # is otherwise hashed whole for every batch.
                 cursor.execute(
                     f"SELECT b.d, {columns} FROM unnest({array}::text[], {array}::text[]) AS b(d, f) "
-                    f"LEFT JOIN {self.table} s ON s.sync_name = %s AND s.key_digest = b.d "
-                    f"WHERE {_UNSETTLED}",
+                    f"LEFT JOIN LATERAL (SELECT * FROM {self.table} x WHERE x.sync_name = %s "
+                    f"AND x.key_digest = b.d LIMIT 1) s ON true WHERE {_UNSETTLED}",
                     [
                         [digest for digest, _ in rows],
                         [fingerprint for _, fingerprint in rows],
