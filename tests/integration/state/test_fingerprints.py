@@ -94,20 +94,43 @@ def test_marking_rows_to_be_sent_again_forgets_their_fingerprints(database: Data
     assert key_digest("kept") in state.lookup_unsettled([(key_digest("kept"), "f" * 32)])
 
 
-def test_the_lookup_is_the_same_through_psycopg2(postgresql: Database) -> None:
-    """psycopg 3 binds the digest arrays in binary; psycopg2, which cannot, binds them as text."""
+def test_group_commits_and_lookups_are_the_same_through_psycopg2(postgresql: Database) -> None:
+    """psycopg 3 binds the arrays in binary; psycopg2, which cannot, binds them as text."""
     import psycopg2
 
     state = postgresql.state()
     state.apply([_write("A", Outcome.CREATED, crm_id="1", payload_hash="h", source_hash="f" * 32)])
     login = json.loads(os.environ[f"AIRFLOW_CONN_{postgresql.conn_id.upper()}"])["login"]
-    other = SyncState(
-        lambda: psycopg2.connect(host="127.0.0.1", port=5432, user=login, dbname="test"),
-        "postgresql",
-        sync_name="test.sync",
-        run_id="run-2",
-        table=postgresql.table,
-    )
+
+    def psycopg2_state(run_id: str) -> SyncState:
+        return SyncState(
+            lambda: psycopg2.connect(host="127.0.0.1", port=5432, user=login, dbname="test"),
+            "postgresql",
+            sync_name="test.sync",
+            run_id=run_id,
+            table=postgresql.table,
+        )
+
+    writer = psycopg2_state("run-3")
+    writer.open()
+    try:
+        assert writer.acquire_lease(60) >= 1
+        writer.apply(
+            [
+                _write("C", Outcome.IN_FLIGHT, payload_hash="h", attempted_at=1.5, create_hint={"name": "C"}),
+                _write("D", Outcome.REJECTED, error_code="schema", error_message="no", reject=True),
+            ]
+        )
+        found = writer.lookup([key_digest("C"), key_digest("D")])
+        assert (found[key_digest("C")].outcome, found[key_digest("C")].create_hint) == (
+            "in_flight",
+            {"name": "C"},
+        )
+        assert [row["source_key"] for row in writer.rejects()] == ["D"]
+        writer.release_lease()
+    finally:
+        writer.close()
+    other = psycopg2_state("run-2")
     other.open_reader()
     try:
         asked = [(key_digest("A"), "f" * 32), (key_digest("A"), "e" * 32), (key_digest("B"), "f" * 32)]
