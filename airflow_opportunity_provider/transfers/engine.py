@@ -91,7 +91,7 @@ log = logging.getLogger(__name__)
 # Let the event loop serve the workers' sockets after this many planned rows.
 _YIELD_EVERY = 64
 # Rows read, mapped and looked up in the state at a time (the first batch is small).
-_PLAN_BATCH = 500
+_PLAN_BATCH = 1000
 _FIRST_BATCH = 50
 # The lease is renewed this many times within its lifetime.
 _RENEWALS_PER_LEASE = 3

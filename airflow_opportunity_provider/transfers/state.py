@@ -79,8 +79,8 @@ _REJECT_COLUMNS = (
 # The SQLite reader's page cache in KiB: bounded, whatever the table's size.
 _READER_CACHE_KIB = 16384
 # (digest, fingerprint) pairs per query of lookup_unsettled on SQLite: two parameters each, under
-# the 999 bound parameters that SQLite before 3.32 allows.
-_SETTLED_BATCH = 450
+# the 999 bound parameters that SQLite before 3.32 allows (32,766 since).
+_SETTLED_BATCH = 450 if sqlite3.sqlite_version_info < (3, 32) else 5000
 # The rows lookup_unsettled returns: no state, another fingerprint (or none), or not loaded.
 _UNSETTLED = (
     "s.key_digest IS NULL OR b.f IS NULL OR s.source_hash IS NULL OR s.source_hash <> b.f "
