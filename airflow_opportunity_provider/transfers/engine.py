@@ -2,9 +2,10 @@
 each row, and sends with bounded concurrency.
 
 One asyncio event loop has batches of rows read and planned on the source thread, one batch
-ahead: the thread reads them, marks keys seen before in the run, looks their keys up in the
-state through a connection of its own, maps the rows that their fingerprint does not settle,
-and asks ``planner.plan`` what each row needs. Unchanged rows only come back as a count (a
+ahead: the thread reads them and marks keys seen before in the run; the lookup thread looks
+their keys up in the state through a connection of its own (while the source thread reads the
+next batch); the source thread then maps the rows that their fingerprint does not settle and
+asks ``planner.plan`` what each row needs. Unchanged rows only come back as a count (a
 no-change run never wakes the event loop for a row); the loop carries out the other decisions
 and hands the rows to send to ``concurrency`` workers that share one HTTP client and one rate
 limiter. Every state change goes through the
