@@ -123,3 +123,33 @@ def test_two_partitions_at_once_on_one_sqlite_state_file_load_every_key_once(
     assert {row["outcome"] for row in state.values()} == {"created"}
     # Both partitions' event loops committed on their own threads.
     assert {"partition-0", "partition-1"} <= set(committing_threads)
+
+
+def test_a_state_without_a_second_connection_is_looked_up_on_its_own_thread(
+    warehouse: Callable[..., Path],
+    state_db: Path,
+    make_operator: Factory,
+    mock_crm: MockCrmServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A SQLite state that is not a WAL file has no reader: its lookups go to the state thread,
+    and a no-change run is still settled from the state, and sends nothing."""
+    warehouse(120)
+    monkeypatch.setattr(SyncState, "reader", lambda self: None)
+    threads: list[str] = []
+    lookup = SyncState.lookup_unsettled
+
+    def recording_lookup(self: SyncState, rows: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return lookup(self, rows)
+
+    monkeypatch.setattr(SyncState, "lookup_unsettled", recording_lookup)
+    summary, failure = run(make_operator(concurrency=4))
+    assert failure is None
+    assert summary["created"] == 120
+    summary, failure = run(make_operator(concurrency=4))
+    assert failure is None
+    assert (summary["unchanged"], summary["requests_sent"]) == (120, 0)
+    assert threads
+    assert {name.split("_")[0] for name in threads} == {"opportunity-sync-state"}
+    assert all(len(records) == 1 for records in records_by_ref(mock_crm).values())
