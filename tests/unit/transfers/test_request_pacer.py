@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 
 import pytest
@@ -43,8 +42,10 @@ def test_a_burst_is_spread_over_the_round_trip() -> None:
     moments = _leaving_times(pacer, 8)
     assert moments[0] < 0.005
     assert 0.065 <= moments[-1] < 0.2
-    gaps = [later - earlier for earlier, later in itertools.pairwise(moments)]
-    assert min(gaps) >= 0.008
+    # Each request leaves no earlier than its slot, 10 ms after the one before. (The gaps
+    # between the moments themselves are not asserted: on a busy machine one request woken
+    # late leaves a short gap before the next, which is still on time for its own slot.)
+    assert all(moment >= number * 0.010 - 0.001 for number, moment in enumerate(moments))
     assert pacer.paced == 7
 
 
