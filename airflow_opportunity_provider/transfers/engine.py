@@ -290,7 +290,7 @@ class _Run:
         # The next batch, read, with its lookup in flight (see _read_and_plan).
         self._next: _Read | None = None
         self._seen: SeenKeys | None = None
-        # The state's second connection, on the source thread, for its lookups (None: the
+        # The state's second connection, on the lookup thread, for its lookups (None: the
         # lookups go to the state thread).
         self._reader: SyncState | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -802,8 +802,8 @@ class _Run:
     async def _plan(self) -> None:
         """Have every batch of rows read and planned, and carry the decisions out.
 
-        The next batch is read, looked up and planned (on the source thread) while this one is
-        carried out, and the first batch is small, so that the first requests leave at once.
+        The next batch is read and planned (on the source thread, its keys looked up on the
+        lookup thread) while this one is carried out, and the first batch is small, so that the first requests leave at once.
         Duplicates are known from the keys seen, not from the state, so a lookup made before an
         earlier row's write is never trusted for a second row of its key.
         """

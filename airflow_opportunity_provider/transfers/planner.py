@@ -193,12 +193,11 @@ def plan(row: Row, stored: StateRecord | None, policy: Policy) -> Decision:
     # 4. No payload: the mapping failed.
     if row.problem is not None:
         return _rejected(row.problem[0], row.problem[1], Write.STATE_AND_REJECT)
-    # 5. Loaded before, with this very payload.
-    if stored is not None and stored.outcome in LOADED:
-        if row.fingerprint is not None and stored.source_hash == row.fingerprint:
-            return _UNCHANGED
-        if stored.payload_hash == row.payload_hash:
-            return _UNCHANGED if row.fingerprint is None else _UNCHANGED_NEW_FINGERPRINT
+    # 5. Loaded before, with this very payload: known by the fingerprint, or by the hash.
+    if fingerprint_matches(row, stored):
+        return _UNCHANGED
+    if stored is not None and stored.outcome in LOADED and stored.payload_hash == row.payload_hash:
+        return _UNCHANGED if row.fingerprint is None else _UNCHANGED_NEW_FINGERPRINT
     # 6 (the schema), 7 and 8.
     return _request(row, stored, policy)
 

@@ -75,18 +75,7 @@ class SqliteLoopWriter(SyncState):
     """
 
     def __init__(self, state: SyncState, file: str) -> None:
-        super().__init__(
-            lambda: sqlite3.connect(file, timeout=0.0),
-            state.dialect,
-            sync_name=state.sync_name,
-            run_id=state.run_id,
-            partition_index=state.partition_index,
-            partition_count=state.partition_count,
-            table=state.table,
-            rejects_table=state.rejects_table,
-            location=state.location,
-            dag_run_id=state.dag_run_id,
-        )
+        super().__init__(lambda: sqlite3.connect(file, timeout=0.0), state.dialect, **state.sibling_options())
         self._leases = state._leases
 
     def open(self) -> None:

@@ -497,27 +497,30 @@ class SyncState:
     def reader(self) -> SyncState | None:
         """A second connection to this state, for looking keys up from another thread, or ``None``.
 
-        The thread that reads the source looks its rows' keys up itself, in the same pass, so
-        an unchanged row never waits for the state thread (busy with commits) nor for the event
-        loop. Its connection reads in autocommit mode, so each lookup sees every commit made
-        before it. Only a SQLite state that is not a WAL file has none (a second connection
+        The bulk load's lookup thread looks each batch's keys up through it while the source
+        thread reads the next batch, so an unchanged row never waits for the state thread (busy
+        with commits) nor for the event loop. Its connection reads in autocommit mode, so each
+        lookup sees every commit made before it. Only a SQLite state that is not a WAL file has none (a second connection
         would wait for the writer's locks, or see another in-memory database). Call
         :meth:`open_reader` on the result from the thread that will read.
         """
         if self.dialect.name == "sqlite" and self._wal_file is None:
             return None
-        return SyncState(
-            self._connect,
-            self.dialect,
-            sync_name=self.sync_name,
-            run_id=self.run_id,
-            partition_index=self.partition_index,
-            partition_count=self.partition_count,
-            table=self.table,
-            rejects_table=self.rejects_table,
-            location=self.location,
-            dag_run_id=self.dag_run_id,
-        )
+        return SyncState(self._connect, self.dialect, **self.sibling_options())
+
+    def sibling_options(self) -> dict[str, Any]:
+        """The keyword arguments that make another ``SyncState`` of this very sync partition and
+        tables (for a second connection to it)."""
+        return {
+            "sync_name": self.sync_name,
+            "run_id": self.run_id,
+            "partition_index": self.partition_index,
+            "partition_count": self.partition_count,
+            "table": self.table,
+            "rejects_table": self.rejects_table,
+            "location": self.location,
+            "dag_run_id": self.dag_run_id,
+        }
 
     def open_reader(self) -> None:
         """Connect for lookups only: no table is created, no lease is held or renewed."""
@@ -710,9 +713,11 @@ class SyncState:
         cursor = self.connection.cursor()
         try:
             if name == "postgresql":
-                # psycopg 3 sends the arrays in binary (%b): the server parses them in a third
-                # of the time text arrays take, which is most of what a no-change batch costs.
-                array = "%b" if type(self.connection).__module__.split(".")[0] == "psycopg" else "%s"
+                from airflow_opportunity_provider.transfers.postgres_state import binds_binary_arrays
+
+                # In binary the server parses the arrays in a third of the time text arrays
+                # take, which is most of what a no-change batch costs.
+                array = "%b" if binds_binary_arrays(self.connection) else "%s"
                 # LATERAL ... LIMIT 1 keeps the join a probe of the primary key per row whatever
                 # the statistics say: a table never analyzed yet (right after its first load)
                 # is otherwise hashed whole for every batch.

@@ -36,22 +36,29 @@ def _warehouse(path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str) -> None
     monkeypatch.setenv("AIRFLOW_CONN_STATE_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(path)}))
 
 
+def _operator(
+    database: Database, sql: str, mapping: dict[str, str] = V1_TEST_MAPPING
+) -> SqlToOpportunityOperator:
+    """The load of ``sql`` from the test warehouse, with its state on ``database``."""
+    return SqlToOpportunityOperator(
+        task_id="load",
+        sql=sql,
+        sql_conn_id="state_warehouse",
+        key_columns="opportunity_ref",
+        mapping=mapping,
+        state_conn_id=database.conn_id,
+        state_table=database.table,
+        sync_name="test.sync",
+        concurrency=4,
+        progress_interval=0,
+    )
+
+
 def test_lookalike_keys_keep_their_own_records_across_runs(
     database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def operator() -> SqlToOpportunityOperator:
-        return SqlToOpportunityOperator(
-            task_id="load",
-            sql=V1_TEST_SQL.format(table="crm_opportunities"),
-            sql_conn_id="state_warehouse",
-            key_columns="opportunity_ref",
-            mapping=V1_TEST_MAPPING,
-            state_conn_id=database.conn_id,
-            state_table=database.table,
-            sync_name="test.sync",
-            concurrency=4,
-            progress_interval=0,
-        )
+        return _operator(database, V1_TEST_SQL.format(table="crm_opportunities"))
 
     _warehouse(tmp_path / "warehouse.db", monkeypatch, "first")
     summary, failure = run(operator())
@@ -89,18 +96,7 @@ def test_fingerprints_settle_unchanged_rows_and_never_hide_a_change(
     )
 
     def operator(mapping: dict[str, str] = V1_TEST_MAPPING) -> SqlToOpportunityOperator:
-        return SqlToOpportunityOperator(
-            task_id="load",
-            sql=sql,
-            sql_conn_id="state_warehouse",
-            key_columns="opportunity_ref",
-            mapping=mapping,
-            state_conn_id=database.conn_id,
-            state_table=database.table,
-            sync_name="test.sync",
-            concurrency=4,
-            progress_interval=0,
-        )
+        return _operator(database, sql, mapping)
 
     warehouse = tmp_path / "warehouse.db"
     _warehouse(warehouse, monkeypatch, "first")
