@@ -143,6 +143,9 @@ def _drop(conn_id: str, table: str) -> None:
         connection.close()
 
 
+DATABASES = ("SQLite", "PostgreSQL", "MariaDB")
+
+
 def _cell(value: float | None, unit: str, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
@@ -150,7 +153,7 @@ def _cell(value: float | None, unit: str, digits: int = 0) -> str:
 def report(results: Sequence[dict[str, Any]], rows: int) -> bool:
     """Print the table; return whether every target that could be measured was met."""
     by_name = {result["database"]: result for result in results}
-    columns = ["SQLite", "PostgreSQL", "MariaDB"]
+    columns = list(DATABASES)
 
     def rate(result: dict[str, Any] | None, seconds: str, count: str) -> float | None:
         if result is None or not result.get(seconds):
@@ -238,10 +241,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from airflow_opportunity_provider.sample_warehouse import create_sqlite
 
-    wanted = {name.strip() for name in options.databases.split(",")}
+    wanted = {name.strip().lower() for name in options.databases.split(",")}
+    unknown = wanted - {name.lower() for name in DATABASES}
+    if unknown:
+        parser.error(f"--databases: unknown {sorted(unknown)}; choose from {', '.join(DATABASES)}")
     with tempfile.TemporaryDirectory(prefix="opportunity-state-bench-") as folder_name:
         folder = Path(folder_name)
-        connections = {name: conn_id for name, conn_id in _connections(folder).items() if name in wanted}
+        connections = {
+            name: conn_id for name, conn_id in _connections(folder).items() if name.lower() in wanted
+        }
         warehouse = folder / "warehouse.db"
         _log(f"writing a warehouse of {options.rows:,} rows")
         create_sqlite(warehouse, v1_count=options.rows, v2_ids=1)
