@@ -42,6 +42,8 @@ from benchmarks.bulk_load import (
 from benchmarks.state_db import _connections
 
 CHANGED_SHARE = 0.01
+# The table's columns, in order, and the names --databases accepts (in any case).
+DATABASES = ("SQLite", "PostgreSQL", "MariaDB")
 
 
 def _log(message: str) -> None:
@@ -143,9 +145,6 @@ def _drop(conn_id: str, table: str) -> None:
         connection.close()
 
 
-DATABASES = ("SQLite", "PostgreSQL", "MariaDB")
-
-
 def _cell(value: float | None, unit: str, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
@@ -227,9 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--rows", type=int, default=100_000, help="rows of the warehouse table")
     parser.add_argument("--concurrency", type=int, default=16, help="the operator's concurrency")
-    parser.add_argument(
-        "--databases", default="SQLite,PostgreSQL,MariaDB", help="which state databases to measure"
-    )
+    parser.add_argument("--databases", default=",".join(DATABASES), help="which state databases to measure")
     parser.add_argument(
         "--child", nargs=3, metavar=("CONN_ID", "BASE_URL", "WAREHOUSE"), help=argparse.SUPPRESS
     )
