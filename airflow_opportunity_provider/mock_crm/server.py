@@ -310,6 +310,13 @@ class MockCrmServer:
         """Wrap an API handler with the faults and the counting every API request goes through."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            self.counters.enter()
+            try:
+                return await answer(request)
+            finally:
+                self.counters.leave()
+
+        async def answer(request: web.Request) -> web.StreamResponse:
             injector = self._injector
             # Both refusals are decided on arrival, before anything is processed or stored.
             retry_after = injector.over_rate_limit()

@@ -339,6 +339,20 @@ class Counters:
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[str] = Counter()
         self._events: Counter[str] = Counter()
+        # API requests being answered now, and the most there ever were at once.
+        self._in_flight = 0
+        self._peak_in_flight = 0
+
+    def enter(self) -> None:
+        """An API request arrived (it is answered, refused or dropped later)."""
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+
+    def leave(self) -> None:
+        """An API request that :meth:`enter` counted is done."""
+        with self._lock:
+            self._in_flight -= 1
 
     def record(self, endpoint: str, status: int | str, *events: str) -> None:
         """Count one answered (or dropped) request and the events it caused.
@@ -361,6 +375,7 @@ class Counters:
                 "total_requests": self._total,
                 "by_endpoint": dict(self._by_endpoint),
                 "by_status": dict(self._by_status),
+                "peak_in_flight": self._peak_in_flight,
             }
             for name in COUNTER_NAMES:
                 data[name] = self._events[name]
@@ -382,3 +397,4 @@ class Counters:
             self._by_endpoint.clear()
             self._by_status.clear()
             self._events.clear()
+            self._peak_in_flight = self._in_flight

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -456,3 +457,92 @@ def test_a_run_that_lost_its_lease_while_stalled_sends_no_create_after(
     state = _state(lease_database)
     # A create that was in flight when the zombie stalled is unknown, never resent.
     assert {key for key, (outcome, _) in state.items() if outcome == "unknown"} >= missing
+
+
+def test_requests_in_flight_never_exceed_concurrency_on_any_state(
+    database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a state server, three workers share each request slot (they commit their create's
+    # mark while they wait for it): the CRM still never sees more than ``concurrency`` at once.
+    keys = [f"S{number:03d}" for number in range(120)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    mock_crm.set_faults(FaultConfig(latency=0.02))
+    summary, failure = run(_operator(database, concurrency=4))
+    assert failure is None, failure
+    assert summary["created"] == len(keys)
+    assert mock_crm.counters.snapshot()["peak_in_flight"] == 4
+
+
+def test_a_create_that_waited_for_a_slot_commits_its_mark_again_before_it_leaves(
+    postgresql: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One slot, three workers: the second and third commit their marks, then wait one and two
+    # answers for the slot. A mark older than a quarter of the lease (here 0.25 s) is committed
+    # again (the lease checked and renewed) just before its create leaves, so no create leaves
+    # on a lease check older than that: its stored attempt time is that late mark's.
+    latency = 0.5
+    keys = [f"W{number:02d}" for number in range(6)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    mock_crm.set_faults(FaultConfig(latency=latency))
+    summary, failure = run(_operator(postgresql, concurrency=1, lease_seconds=1.0))
+    assert failure is None, failure
+    assert summary["created"] == len(keys)
+    rows = postgresql.query(f"SELECT source_key, attempted_at, outcome_at FROM {postgresql.table}")
+    assert len(rows) == len(keys)
+    for key, attempted_at, outcome_at in rows:
+        answered = datetime.fromisoformat(outcome_at).timestamp()
+        # Without the second commit the third worker's mark would be two answers older (1.5 s).
+        assert answered - attempted_at < latency + 0.25 + 0.35, (key, answered - attempted_at)
+
+
+def test_a_load_killed_on_a_state_server_leaves_at_most_three_creates_per_slot_unresolved(
+    postgresql: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    concurrency = 4
+    keys = [f"K{number:03d}" for number in range(300)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    mock_crm.set_faults(FaultConfig(latency=0.05))
+    child = _start_child(postgresql, mock_crm, concurrency=concurrency, lease_seconds=1.0)
+    try:
+        _wait_for(lambda: mock_crm.counters.snapshot()["v1_creates"] >= 40, child, "the run never sent")
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    time.sleep(0.3)  # let the mock finish the requests the dead client left behind
+    interrupted = {key for key, (outcome, _) in _state(postgresql).items() if outcome == "in_flight"}
+    # Up to one request in flight per slot, and two more marks committed per slot while waiting.
+    assert 0 < len(interrupted) <= 3 * concurrency, interrupted
+    summary, failure = run(
+        _operator(postgresql, concurrency=concurrency, max_unknown=len(interrupted), lease_wait_seconds=5.0)
+    )
+    assert failure is None, failure
+    assert summary["unknown"] == len(interrupted)
+    records = _records(mock_crm)
+    assert all(len(found) == 1 for found in records.values()), "a key was created twice"
+    state = _state(postgresql)
+    assert {key for key, (outcome, _) in state.items() if outcome == "unknown"} == interrupted
+    assert {key for key, (outcome, _) in state.items() if outcome == "created"} == set(keys) - interrupted
+
+
+def test_creates_whose_marks_are_committed_are_sent_when_another_row_stops_the_load(
+    postgresql: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A refused credential stops the load while other workers hold committed marks and wait for
+    # a slot: they still send (and record) their creates, so none is left in flight to be
+    # reported unknown by the next run.
+    keys = [f"A{number:03d}" for number in range(200)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    mock_crm.set_faults(FaultConfig(latency=0.02, error_rate=0.03, error_status=401, seed=7))
+    _, failure = run(_operator(postgresql, concurrency=4))
+    assert failure is not None
+    assert (
+        mock_crm.counters.snapshot()["auth_failures"] + mock_crm.counters.snapshot()["rejected_by_fault"] > 0
+    )
+    state = _state(postgresql)
+    assert len(state) < len(keys), "the load did not stop"
+    assert not {key for key, (outcome, _) in state.items() if outcome == "in_flight"}
+    records = _records(mock_crm)
+    assert all(len(found) == 1 for found in records.values())
+    assert set(records) == {key for key, (outcome, _) in state.items() if outcome == "created"}
