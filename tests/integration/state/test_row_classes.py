@@ -63,6 +63,14 @@ def _warehouse(path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple[Any
     )
 
 
+def _named_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str, count: int) -> list[str]:
+    """A warehouse of ``count`` rows keyed ``<prefix>000``... (each named after its key); the keys."""
+    width = len(str(count - 1))
+    keys = [f"{prefix}{number:0{width}d}" for number in range(count)]
+    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    return keys
+
+
 def _operator(database: Database, **options: Any) -> SqlToOpportunityOperator:
     settings: dict[str, Any] = {
         "task_id": "load",
@@ -424,8 +432,7 @@ def _stall_outside_a_transaction(process: subprocess.Popen[bytes], database: Dat
 def test_a_run_that_lost_its_lease_while_stalled_sends_no_create_after(
     lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    keys = [f"R{number:03d}" for number in range(60)]
-    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    keys = _named_rows(tmp_path, monkeypatch, "R", 60)
     mock_crm.set_faults(FaultConfig(latency=0.05))
     zombie = _start_child(lease_database, mock_crm, lease_seconds=1.0)
     try:
@@ -464,8 +471,7 @@ def test_requests_in_flight_never_exceed_concurrency_on_any_state(
 ) -> None:
     # On a state server, three workers share each request slot (they commit their create's
     # mark while they wait for it): the CRM still never sees more than ``concurrency`` at once.
-    keys = [f"S{number:03d}" for number in range(120)]
-    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    keys = _named_rows(tmp_path, monkeypatch, "S", 120)
     mock_crm.set_faults(FaultConfig(latency=0.02))
     summary, failure = run(_operator(database, concurrency=4))
     assert failure is None, failure
@@ -481,8 +487,7 @@ def test_a_create_that_waited_for_a_slot_commits_its_mark_again_before_it_leaves
     # again (the lease checked and renewed) just before its create leaves, so no create leaves
     # on a lease check older than that: its stored attempt time is that late mark's.
     latency = 0.5
-    keys = [f"W{number:02d}" for number in range(6)]
-    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    keys = _named_rows(tmp_path, monkeypatch, "W", 6)
     mock_crm.set_faults(FaultConfig(latency=latency))
     summary, failure = run(_operator(postgresql, concurrency=1, lease_seconds=1.0))
     assert failure is None, failure
@@ -499,8 +504,7 @@ def test_a_load_killed_on_a_state_server_leaves_at_most_three_creates_per_slot_u
     postgresql: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     concurrency = 4
-    keys = [f"K{number:03d}" for number in range(300)]
-    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    keys = _named_rows(tmp_path, monkeypatch, "K", 300)
     mock_crm.set_faults(FaultConfig(latency=0.05))
     child = _start_child(postgresql, mock_crm, concurrency=concurrency, lease_seconds=1.0)
     try:
@@ -532,8 +536,7 @@ def test_creates_whose_marks_are_committed_are_sent_when_another_row_stops_the_l
     # A refused credential stops the load while other workers hold committed marks and wait for
     # a slot: they still send (and record) their creates, so none is left in flight to be
     # reported unknown by the next run.
-    keys = [f"A{number:03d}" for number in range(200)]
-    _warehouse(tmp_path / "w.db", monkeypatch, [(key, f"name {key}") for key in keys])
+    keys = _named_rows(tmp_path, monkeypatch, "A", 200)
     mock_crm.set_faults(FaultConfig(latency=0.02, error_rate=0.03, error_status=401, seed=7))
     _, failure = run(_operator(postgresql, concurrency=4))
     assert failure is not None
