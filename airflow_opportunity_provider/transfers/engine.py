@@ -343,8 +343,10 @@ class _Run:
                     )
                     self._leased = True
                     renewing = asyncio.create_task(self._renew_lease())
-                if self.sending and not await self.state_thread.start_loop_writer():
-                    self._workers_per_slot = _WORKERS_PER_SLOT
+                if self.sending:
+                    await self.state_thread.start_loop_writer()
+                    if not self.state_thread.commits_locally:
+                        self._workers_per_slot = _WORKERS_PER_SLOT
                 await self._on_source_thread(self._open_source)
                 await self._mark_interrupted_creates()
                 if self.sending:

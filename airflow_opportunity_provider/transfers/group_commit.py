@@ -11,6 +11,12 @@ critical path of every create). Writes requested in one pass of the event loop s
 together. Such a commit is only made while the thread has nothing queued or running, so every
 change and call keeps the order the event loop asked for them in; when another process holds
 the lock, the writes go to the thread instead. The thread makes the checkpoints (which sync).
+
+A state on PostgreSQL through psycopg 3 gets a second connection too, an asynchronous one on
+the event loop: its group commits wait on the server like every other socket of the loop, with
+no hand-off to the thread and back. One task on the loop takes everything asked of the state
+in order: it commits each run of writes as one group there, and hands each call to the thread
+and waits for it, so calls and writes still keep their order and never overlap.
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ class StateThread:
         self._loop_writer: SyncState | None = None
         self._pending: list[_Write] = []
         self._flush_handle: asyncio.Handle | None = None
+        # PostgreSQL's connection on the event loop, what is asked of the state in order, and
+        # the task that carries it out (see the module's docstring).
+        self._async_writer: Any = None
+        self._sequence: list[_Write | _Call] = []
+        self._sequencer: asyncio.Task[None] | None = None
         self.error: BaseException | None = None
         self.commits = 0
         self.writes = 0
@@ -116,10 +127,19 @@ class StateThread:
         await future
 
     async def start_loop_writer(self) -> bool:
-        """Commit small groups on the event loop's thread from now on, when the state allows it.
+        """Commit groups from the event loop's thread from now on, when the state allows it: on a
+        local SQLite file in WAL mode, or through PostgreSQL's asynchronous connection.
 
-        Call it once the state is open; returns whether it does.
+        Call it once the state is open; returns whether it does (see :attr:`commits_locally`).
         """
+        from airflow_opportunity_provider.transfers.postgres_state import connect_loop_writer
+
+        try:
+            self._async_writer = await connect_loop_writer(self.state)
+        except Exception:
+            self._async_writer = None  # the thread commits, as it would without one
+        if self._async_writer is not None:
+            return True
         writer = self.state.loop_writer()
         if writer is None:
             return False
@@ -130,6 +150,12 @@ class StateThread:
             return False
         self._loop_writer = writer
         return True
+
+    @property
+    def commits_locally(self) -> bool:
+        """Whether a commit costs less than a hand-off: a local SQLite file, committed on the loop
+        (not a server, whose commits cost a round trip and a disk sync wherever they are made)."""
+        return self._loop_writer is not None
 
     def raise_if_failed(self) -> None:
         """Raise when an earlier group could not be committed: nothing more may be sent.
@@ -157,6 +183,12 @@ class StateThread:
 
     async def close(self) -> None:
         """Commit what is queued, then stop the thread (without blocking the event loop)."""
+        while self._sequencer is not None:
+            await asyncio.wait([self._sequencer])
+        writer, self._async_writer = self._async_writer, None
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                await writer.close()
         self.stop_loop_writer()
         with self._lock:
             self._closing = True
@@ -164,6 +196,50 @@ class StateThread:
         await self._stopped
 
     def _put(self, items: Sequence[_Write | _Call]) -> None:
+        if self._async_writer is not None:
+            self._sequence.extend(items)
+            if self._sequencer is None:
+                self._sequencer = self._loop.create_task(self._carry_out_sequence())
+            return
+        self._to_thread(items)
+
+    async def _carry_out_sequence(self) -> None:
+        """Commit the runs of writes asked of the state on the loop's connection, and run its
+        calls on the thread, one after another in the order they were asked."""
+        try:
+            while self._sequence:
+                items, self._sequence = self._sequence, []
+                group: list[_Write] = []
+                for item in items:
+                    if isinstance(item, _Call):
+                        await self._commit_on_loop(group)
+                        group = []
+                        self._to_thread([item])
+                        await asyncio.wait([item.future])
+                    else:
+                        group.append(item)
+                await self._commit_on_loop(group)
+        finally:
+            self._sequencer = None
+
+    async def _commit_on_loop(self, group: list[_Write]) -> None:
+        from airflow_opportunity_provider.transfers.postgres_state import apply_on_loop
+
+        if not group:
+            return
+        error = self.error
+        if error is None:
+            writes = [write for write, _ in group]
+            try:
+                await apply_on_loop(self.state, self._async_writer, writes)
+                self.commits += 1
+                self.loop_commits += 1
+                self.writes += len(writes)
+            except BaseException as failure:  # handed to every waiting worker
+                self.error = error = failure
+        _settle([(future, None, error) for _, future in group if future is not None])
+
+    def _to_thread(self, items: Sequence[_Write | _Call]) -> None:
         # Writes still gathered on the loop go first: everything keeps the order it was asked in.
         self._flush()
         with self._lock:

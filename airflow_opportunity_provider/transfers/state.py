@@ -877,6 +877,29 @@ class SyncState:
             write wins, its ``None`` fields keeping the earlier write's values).
         :raises LeaseLostError: another run took the lease over; nothing was written.
         """
+        group = self.group_rows(writes)
+        if group is None:
+            return
+        upserts, rejects, durable = group
+        if self.dialect.name == "postgresql":
+            from airflow_opportunity_provider.transfers.postgres_state import apply_in_one_statement
+
+            apply_in_one_statement(self, upserts, rejects, durable)
+            return
+        with self._write() as cursor:
+            if upserts:
+                self._upsert(cursor, upserts)
+            if rejects:
+                cursor.executemany(self._statement("reject"), rejects)
+
+    def group_rows(
+        self, writes: Iterable[StateWrite]
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], bool] | None:
+        """The state rows and reject rows a group of writes stores, and whether the group holds
+        a create's intent (so must reach the disk before it is answered); ``None`` for nothing.
+
+        :param writes: the changes, as :meth:`apply` takes them.
+        """
         now = utc_now()
         merged: dict[str, StateWrite] = {}
         rejects: list[tuple[Any, ...]] = []
@@ -899,7 +922,7 @@ class SyncState:
                     )
                 )
         if not merged and not rejects:
-            return
+            return None
         upserts = [
             (
                 self.sync_name,
@@ -918,17 +941,8 @@ class SyncState:
             )
             for write in merged.values()
         ]
-        if self.dialect.name == "postgresql":
-            from airflow_opportunity_provider.transfers.postgres_state import apply_in_one_statement
-
-            durable = any(write.outcome == Outcome.IN_FLIGHT for write in merged.values())
-            apply_in_one_statement(self, upserts, rejects, durable)
-            return
-        with self._write() as cursor:
-            if upserts:
-                self._upsert(cursor, upserts)
-            if rejects:
-                cursor.executemany(self._statement("reject"), rejects)
+        durable = any(write.outcome == Outcome.IN_FLIGHT for write in merged.values())
+        return upserts, rejects, durable
 
     def _statement(self, name: str) -> str:
         statement = self._sql.get(name)

@@ -4,6 +4,7 @@ commits, the migration of a first-release table, the runs table and unresolved c
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from airflow_opportunity_provider.transfers.group_commit import StateThread
 from airflow_opportunity_provider.transfers.keys import key_digest, partition_of
 from airflow_opportunity_provider.transfers.outcomes import Outcome
 from airflow_opportunity_provider.transfers.state import (
@@ -21,6 +23,7 @@ from airflow_opportunity_provider.transfers.state import (
     LeaseLostError,
     RunRecord,
     StateWrite,
+    SyncState,
 )
 from tests.integration.state.conftest import Database
 
@@ -454,3 +457,52 @@ def test_outcome_groups_relax_durability_for_their_own_transaction_only(lease_da
     relaxed = postgres_state.group_statement(state, True, False, False, durable=False)
     assert "set_config('synchronous_commit', 'off', true)" in relaxed
     assert "synchronous_commit" not in postgres_state.group_statement(state, True, False, False, durable=True)
+
+
+def test_on_postgresql_group_commits_are_made_on_the_event_loop_in_the_order_asked(
+    postgresql: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The state thread would commit through the thread's connection (SyncState.apply); with
+    # psycopg 3 every group goes through the event loop's asynchronous connection instead, and
+    # the calls between them still run on the thread, in the order they were asked for.
+    thread_applies: list[int] = []
+    apply = SyncState.apply
+
+    def recording(self: SyncState, writes: Any) -> None:
+        thread_applies.append(1)
+        apply(self, writes)
+
+    monkeypatch.setattr(SyncState, "apply", recording)
+    state = postgresql.state(open_=False)
+
+    async def main() -> tuple[StateThread, dict[str, Any], dict[str, Any]]:
+        thread = StateThread(state, asyncio.get_running_loop())
+        await thread.call(state.open)
+        try:
+            assert await thread.start_loop_writer()
+            assert not thread.commits_locally  # a server: every commit is a round trip
+            first = asyncio.ensure_future(thread.write(_write("A", Outcome.IN_FLIGHT, payload_hash="h")))
+            thread.submit(_write("B", Outcome.REJECTED, error_code="schema", reject=True))
+            # A call asked after the writes sees them; a write asked after the call is not seen.
+            seen = asyncio.ensure_future(thread.call(state.lookup, [key_digest("A"), key_digest("B")]))
+            later = asyncio.ensure_future(
+                thread.write(_write("A", Outcome.CREATED, payload_hash="h", crm_id="9"))
+            )
+            await asyncio.gather(first, later)
+            before = {record.key: record.outcome for record in (await seen).values()}
+            after = {
+                record.key: record.outcome
+                for record in (await thread.call(state.lookup, [key_digest("A")])).values()
+            }
+            return thread, before, after
+        finally:
+            thread.stop_loop_writer()
+            await thread.call(state.close)
+            await thread.close()
+
+    thread, before, after = asyncio.run(main())
+    assert before == {"A": Outcome.IN_FLIGHT, "B": Outcome.REJECTED}
+    assert after == {"A": Outcome.CREATED}
+    assert thread.commits == thread.loop_commits > 0
+    assert not thread_applies
+    assert postgresql.query(f"SELECT COUNT(*) FROM {postgresql.table}_rejects")[0][0] == 1
