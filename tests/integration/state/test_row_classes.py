@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -331,6 +331,14 @@ def _stderr(child: subprocess.Popen[bytes]) -> str:
 
 
 _STDERR: dict[int, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _remove_child_logs() -> Iterator[None]:
+    """Delete the stderr files of the test's children once it is over (they live in the temp dir)."""
+    yield
+    while _STDERR:
+        Path(_STDERR.popitem()[1]).unlink(missing_ok=True)
 
 
 def _start_child(
