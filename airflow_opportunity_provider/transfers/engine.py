@@ -103,8 +103,9 @@ _FIRST_BATCH = 50
 # The lease is renewed this many times within its lifetime.
 _RENEWALS_PER_LEASE = 3
 # With a state on a server: workers per request slot (see the module's docstring). A first load
-# of 30,000 rows with PostgreSQL state on 2 cores, two runs each: 1, 2 and 3 gave on average
-# 2,560, 3,090 and 3,270 rows/s (SQLite state 3,240); 4 was no faster than 3.
+# of 30,000 rows with PostgreSQL state on 2 cores, two runs each, its commits then made by the
+# state thread: 1, 2 and 3 gave on average 2,560, 3,090 and 3,270 rows/s (SQLite state 3,240);
+# 4 was no faster than 3.
 _WORKERS_PER_SLOT = 3
 # A create leaves within this long of the commit of its in-flight mark, which checked the lease
 # and renewed it for ``lease_seconds``; a mark older than that (or than a quarter of the lease)

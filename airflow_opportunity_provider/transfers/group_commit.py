@@ -232,12 +232,16 @@ class StateThread:
             writes = [write for write, _ in group]
             try:
                 await apply_on_loop(self.state, self._async_writer, writes)
-                self.commits += 1
-                self.loop_commits += 1
-                self.writes += len(writes)
+                self._count_commit(len(writes), on_loop=True)
             except BaseException as failure:  # handed to every waiting worker
                 self.error = error = failure
         _settle([(future, None, error) for _, future in group if future is not None])
+
+    def _count_commit(self, writes: int, *, on_loop: bool) -> None:
+        self.commits += 1
+        self.writes += writes
+        if on_loop:
+            self.loop_commits += 1
 
     def _to_thread(self, items: Sequence[_Write | _Call]) -> None:
         # Writes still gathered on the loop go first: everything keeps the order it was asked in.
@@ -271,9 +275,7 @@ class StateThread:
                     return
                 # Another process holds the lock: the thread waits for it instead of the loop.
             else:
-                self.commits += 1
-                self.loop_commits += 1
-                self.writes += len(group)
+                self._count_commit(len(group), on_loop=True)
                 _settle([(future, None, None) for _, future in items if future is not None])
                 if self.loop_commits % CHECKPOINT_EVERY == 0:
                     self._want_checkpoint()
@@ -334,8 +336,7 @@ class StateThread:
             if error is None:
                 try:
                     self.state.apply(group)
-                    self.commits += 1
-                    self.writes += len(group)
+                    self._count_commit(len(group), on_loop=False)
                 except BaseException as failure:  # handed to every waiting worker
                     self.error = error = failure
             settled.extend((future, None, error) for future in waiting)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_opportunity_provider.transfers.state_sql import POSTGRES
 
 if TYPE_CHECKING:
-    from airflow_opportunity_provider.transfers.state import SyncState
+    from airflow_opportunity_provider.transfers.state import StateWrite, SyncState
 
 _UPSERT_ARRAYS = (
     ("key_digest", "text"),
@@ -230,7 +230,7 @@ async def connect_loop_writer(state: SyncState) -> Any | None:
     return await psycopg.AsyncConnection.connect(info.dsn, password=info.password, autocommit=True)
 
 
-async def apply_on_loop(state: SyncState, connection: Any, writes: list[Any]) -> None:
+async def apply_on_loop(state: SyncState, connection: Any, writes: list[StateWrite]) -> None:
     """:meth:`SyncState.apply` through ``connection`` (from :func:`connect_loop_writer`).
 
     :param state: the sync state.

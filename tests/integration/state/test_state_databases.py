@@ -26,6 +26,7 @@ from airflow_opportunity_provider.transfers.state import (
     SyncState,
 )
 from tests.integration.state.conftest import Database
+from tests.unit.transfers.test_group_commit import _applying_threads, _with_state_thread
 
 REPO = Path(__file__).resolve().parents[3]
 # Keys a case-insensitive or PAD SPACE collation would call equal; each must stay its own row.
@@ -465,44 +466,28 @@ def test_on_postgresql_group_commits_are_made_on_the_event_loop_in_the_order_ask
     # The state thread would commit through the thread's connection (SyncState.apply); with
     # psycopg 3 every group goes through the event loop's asynchronous connection instead, and
     # the calls between them still run on the thread, in the order they were asked for.
-    thread_applies: list[int] = []
-    apply = SyncState.apply
+    thread_applies = _applying_threads(monkeypatch)
 
-    def recording(self: SyncState, writes: Any) -> None:
-        thread_applies.append(1)
-        apply(self, writes)
+    async def body(thread: StateThread, state: SyncState) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert not thread.commits_locally  # a server: every commit is a round trip
+        first = asyncio.ensure_future(thread.write(_write("A", Outcome.IN_FLIGHT, payload_hash="h")))
+        thread.submit(_write("B", Outcome.REJECTED, error_code="schema", reject=True))
+        # A call asked after the writes sees them; a write asked after the call is not seen.
+        seen = asyncio.ensure_future(thread.call(state.lookup, [key_digest("A"), key_digest("B")]))
+        later = asyncio.ensure_future(
+            thread.write(_write("A", Outcome.CREATED, payload_hash="h", crm_id="9"))
+        )
+        await asyncio.gather(first, later)
+        before = {record.key: record.outcome for record in (await seen).values()}
+        after = {
+            record.key: record.outcome
+            for record in (await thread.call(state.lookup, [key_digest("A")])).values()
+        }
+        assert thread.commits == thread.loop_commits > 0
+        return before, after
 
-    monkeypatch.setattr(SyncState, "apply", recording)
-    state = postgresql.state(open_=False)
-
-    async def main() -> tuple[StateThread, dict[str, Any], dict[str, Any]]:
-        thread = StateThread(state, asyncio.get_running_loop())
-        await thread.call(state.open)
-        try:
-            assert await thread.start_loop_writer()
-            assert not thread.commits_locally  # a server: every commit is a round trip
-            first = asyncio.ensure_future(thread.write(_write("A", Outcome.IN_FLIGHT, payload_hash="h")))
-            thread.submit(_write("B", Outcome.REJECTED, error_code="schema", reject=True))
-            # A call asked after the writes sees them; a write asked after the call is not seen.
-            seen = asyncio.ensure_future(thread.call(state.lookup, [key_digest("A"), key_digest("B")]))
-            later = asyncio.ensure_future(
-                thread.write(_write("A", Outcome.CREATED, payload_hash="h", crm_id="9"))
-            )
-            await asyncio.gather(first, later)
-            before = {record.key: record.outcome for record in (await seen).values()}
-            after = {
-                record.key: record.outcome
-                for record in (await thread.call(state.lookup, [key_digest("A")])).values()
-            }
-            return thread, before, after
-        finally:
-            thread.stop_loop_writer()
-            await thread.call(state.close)
-            await thread.close()
-
-    thread, before, after = asyncio.run(main())
+    before, after = _with_state_thread(postgresql.state(open_=False), body)
     assert before == {"A": Outcome.IN_FLIGHT, "B": Outcome.REJECTED}
     assert after == {"A": Outcome.CREATED}
-    assert thread.commits == thread.loop_commits > 0
     assert not thread_applies
     assert postgresql.query(f"SELECT COUNT(*) FROM {postgresql.table}_rejects")[0][0] == 1
