@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -55,5 +56,30 @@ def test_the_digests_stay_in_memory_until_the_bound_then_move_to_disk() -> None:
         assert seen._memory is None
         (count,) = seen._connection.execute("SELECT COUNT(*) FROM seen").fetchone()
         assert count == 3
+    finally:
+        seen.close()
+
+
+def test_a_long_run_with_repeats_marks_exactly_the_second_reads() -> None:
+    generator = random.Random(7)
+    keys = [str(generator.randrange(4_000)) for _ in range(9_000)]
+    seen = SeenKeys(memory_keys=1_000)
+    marked: list[bool] = []
+    try:
+        for start in range(0, len(keys), 700):
+            batch = _rows(*keys[start : start + 700])
+            duplicates = seen.mark(batch)
+            assert duplicates == sum(row.duplicate for row in batch)
+            marked += [row.duplicate for row in batch]
+        assert seen._connection is not None
+        expected: list[bool] = []
+        read: set[str] = set()
+        for key in keys:
+            expected.append(key in read)
+            read.add(key)
+        assert marked == expected
+        assert seen.count == len(read)
+        (count,) = seen._connection.execute("SELECT COUNT(*) FROM seen").fetchone()
+        assert count == len(read)
     finally:
         seen.close()
