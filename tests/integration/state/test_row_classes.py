@@ -22,7 +22,8 @@ import pytest
 
 from airflow_opportunity_provider.mock_crm import FaultConfig, MockCrmServer
 from airflow_opportunity_provider.mock_crm.testing import connection_json
-from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator, engine
+from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
 from airflow_opportunity_provider.transfers.state import LeaseHeldError
 from tests.integration.state.conftest import Database, _postgres_login
 from tests.integration.transfers.helpers import run
@@ -215,6 +216,43 @@ def test_a_duplicate_key_behind_an_unchanged_row_is_caught_and_the_record_never_
     assert [record["name"] for record in records["R1"]] == ["first"]
 
 
+class _SmallSeenKeys(SeenKeys):
+    """Keys seen that move to disk past four, and say when they did."""
+
+    spills: list[int] = []
+
+    def __init__(self) -> None:
+        super().__init__(memory_keys=4)
+
+    def _spill(self) -> sqlite3.Connection:
+        _SmallSeenKeys.spills.append(self.count)
+        return super()._spill()
+
+
+def test_duplicates_are_caught_once_the_keys_seen_are_on_disk(
+    lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "SeenKeys", _SmallSeenKeys)
+    monkeypatch.setattr(_SmallSeenKeys, "spills", [])
+    rows = [(f"R{number:02d}", f"name {number}") for number in range(20)]
+    rows += [("R03", "again"), ("R15", "again"), ("R03", "third"), ("R20", "new")]
+    _warehouse(tmp_path / "w.db", monkeypatch, rows)
+    for attempt in range(2):
+        # Batches of 5 rows: the later rows of R03 and R15 come in batches after their first.
+        summary, failure = run(_operator(lease_database, max_rejected=3, chunk_size=5))
+        assert failure is None, attempt
+        assert summary["rejected"] == 3, attempt
+        assert summary["requests_sent"] == (21 if attempt == 0 else 0), attempt
+        assert summary["unchanged"] == (0 if attempt == 0 else 21), attempt
+        problems = [row[:2] for row in summary["first_problems"]]
+        assert [key for key, _ in problems] == ["R03", "R15", "R03"], attempt
+        assert {problem for _, problem in problems} == {"rejected duplicate_key"}, attempt
+    assert len(_SmallSeenKeys.spills) == 2  # once in each run: the digests did move to disk
+    records = _records(mock_crm)
+    assert [record["name"] for record in records["R03"]] == ["name 3"]
+    assert [record["name"] for record in records["R15"]] == ["name 15"]
+
+
 def test_a_null_key_is_in_the_rejects_table_and_a_binary_key_loads(
     lease_database: Database, mock_crm: MockCrmServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -319,7 +357,8 @@ def postgres_warehouse(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 _CHILD = """
 import json, sys
-from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator, engine
+from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
 options = json.loads(sys.argv[1])
 SqlToOpportunityOperator(task_id="load", progress_interval=0, **options).execute({})
 """
