@@ -10,8 +10,8 @@ On disk, a batch costs one statement per 500 digests, run in one step: ``INSERT 
 them all, each with the batch's number. When the count of rows it added is the number of
 digests (nearly always), none of them was there before; otherwise a ``SELECT`` of those stored by
 an earlier batch names the duplicates. Few steps matter as much as few B-tree descents: the
-source thread marks the keys, and each step lets go of the GIL and has to win it back from the
-lookup thread. Asking first (``SELECT ... IN``) and inserting after (``executemany``, one step a
+bulk load marks the keys on its lookup thread, and each step lets go of the GIL and has to win
+it back from the thread that reads the warehouse. Asking first (``SELECT ... IN``) and inserting after (``executemany``, one step a
 digest) cost three times as much per digest, and ten times as much once the page cache held more
 than a few MiB. Digests are stored as their 16 raw bytes (half the pages of their hex), in one
 transaction as long as the database lives: nothing here outlives the run, so a commit per batch

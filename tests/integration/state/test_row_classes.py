@@ -357,8 +357,7 @@ def postgres_warehouse(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 _CHILD = """
 import json, sys
-from airflow_opportunity_provider.transfers import SqlToOpportunityOperator, engine
-from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
+from airflow_opportunity_provider.transfers import SqlToOpportunityOperator
 options = json.loads(sys.argv[1])
 SqlToOpportunityOperator(task_id="load", progress_interval=0, **options).execute({})
 """
