@@ -117,7 +117,7 @@ class SqlSource:
         mapping: Mapping_,
         partition_index: int = 0,
         partition_count: int = 1,
-        chunk_size: int = 1000,
+        chunk_size: int = 5000,
     ) -> None:
         self.hook = hook
         self.sql = sql

@@ -247,7 +247,9 @@ def test_duplicates_are_caught_once_the_keys_seen_are_on_disk(
         problems = [row[:2] for row in summary["first_problems"]]
         assert [key for key, _ in problems] == ["R03", "R15", "R03"], attempt
         assert {problem for _, problem in problems} == {"rejected duplicate_key"}, attempt
-    assert len(_SmallSeenKeys.spills) == 2  # once in each run: the digests did move to disk
+    # The digests did move to disk: in each run, except on SQLite, where the second run marks
+    # the keys its state held at the start by rowid (sqlite_state.SqliteKeyLookup), not by digest.
+    assert len(_SmallSeenKeys.spills) == (1 if lease_database.kind == "sqlite" else 2)
     records = _records(mock_crm)
     assert [record["name"] for record in records["R03"]] == ["name 3"]
     assert [record["name"] for record in records["R15"]] == ["name 15"]

@@ -29,7 +29,7 @@ def test_defaults() -> None:
     )
     assert (operator.concurrency, operator.rate_limit, operator.burst) == (16, None, None)
     assert (operator.max_rejected, operator.max_unknown, operator.on_unknown) == (0, 0, "skip")
-    assert (operator.partition_index, operator.partition_count, operator.chunk_size) == (0, 1, 1000)
+    assert (operator.partition_index, operator.partition_count, operator.chunk_size) == (0, 1, 5000)
     assert operator.is_dry_run is False
     assert set(operator.template_fields) == {"sql", "sync_name", "state_conn_id"}
     assert operator.target_endpoint == "POST /api/1.0/venue?action=addOrUpdateOpportunity"
