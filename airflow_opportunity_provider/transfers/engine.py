@@ -784,8 +784,10 @@ class _Run:
         The keys are marked here rather than on the source thread: past ``MEMORY_KEYS`` each
         batch goes through a SQLite B-tree, which works without the GIL, so that cost moves off
         the thread that reads and fingerprints the warehouse's rows (measured over a million
-        rows, a no-change run was 0.6 to 1.7 s faster). The batches come in order, one at a time,
-        and a batch's duplicates are only read once its lookup has answered.
+        rows, a no-change run was 0.6 to 1.7 s faster). On a SQLite state the reader marks the
+        keys its state held at the start itself, by rowid (``SqliteKeyLookup``), and only the
+        others are marked by digest. The batches come in order, one at a time, and a batch's
+        duplicates are only read once its lookup has answered.
         """
         seen = self._seen
         assert seen is not None

@@ -15,7 +15,8 @@ it back from the thread that reads the warehouse. Asking first (``SELECT ... IN`
 digest) cost three times as much per digest, and ten times as much once the page cache held more
 than a few MiB. Digests are stored as their 16 raw bytes (half the pages of their hex), in one
 transaction as long as the database lives: nothing here outlives the run, so a commit per batch
-would only cost.
+would only cost. With a SQLite state, only the keys the state did not hold when the run began
+come here: ``sqlite_state.SqliteKeyLookup`` marks the others by their row's rowid.
 """
 
 from __future__ import annotations
