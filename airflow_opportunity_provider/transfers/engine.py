@@ -75,7 +75,7 @@ from airflow_opportunity_provider.transfers.reconcile import (
     Matcher,
     Reconciler,
 )
-from airflow_opportunity_provider.transfers.seen_keys import SeenKeys
+from airflow_opportunity_provider.transfers.seen_keys import SeenKeys, first_of_each
 from airflow_opportunity_provider.transfers.source import SourceRow, SqlSource
 from airflow_opportunity_provider.transfers.sqlite_state import SqliteKeyLookup
 from airflow_opportunity_provider.transfers.state import (
@@ -794,13 +794,7 @@ class _Run:
         if self._keys is not None:
             # A SQLite reader marks the keys its state held at the start itself (by rowid);
             # only the others go to the keys seen by digest.
-            first: dict[str, SourceRow] = {}
-            for row in batch:
-                if row.digest in first:
-                    row.duplicate = True
-                else:
-                    first[row.digest] = row
-            distinct = list(first.values())
+            distinct = list(first_of_each(batch)[0].values())
             found, seen_before, unmarked = self._keys.lookup(
                 [(row.digest, row.fingerprint) for row in distinct]
             )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 # Digests per statement, under the limit on bound parameters of every SQLite (999 before 3.32).
 _BATCH = 500
@@ -38,6 +38,26 @@ class KeyedRow(Protocol):
 
     digest: str
     duplicate: bool
+
+
+Row = TypeVar("Row", bound=KeyedRow)
+
+
+def first_of_each(rows: Iterable[Row]) -> tuple[dict[str, Row], int]:
+    """The first row of each digest among ``rows``, with ``duplicate`` set on every later one.
+
+    :param rows: the rows of one batch that have a usable key.
+    :return: the first rows by digest, in order, and how many rows were later ones.
+    """
+    first: dict[str, Row] = {}
+    duplicates = 0
+    for row in rows:
+        if row.digest in first:
+            row.duplicate = True
+            duplicates += 1
+        else:
+            first[row.digest] = row
+    return first, duplicates
 
 
 class SeenKeys:
@@ -83,14 +103,7 @@ class SeenKeys:
         :param rows: the rows of one batch that have a usable key.
         :return: how many rows were duplicates.
         """
-        first: dict[str, KeyedRow] = {}
-        duplicates = 0
-        for row in rows:
-            if row.digest in first:
-                row.duplicate = True
-                duplicates += 1
-            else:
-                first[row.digest] = row
+        first, duplicates = first_of_each(rows)
         memory = self._memory
         if memory is not None and len(memory) + len(first) <= self._memory_keys:
             for digest, row in first.items():

@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow_opportunity_provider.transfers.state import (
-    _RECORD_COLUMNS,
+    _JOINED_RECORD_COLUMNS,
+    _RECORD_WIDTH,
+    _SETTLED_BATCH,
     _UNSETTLED,
     StateRecord,
     SyncState,
@@ -23,10 +25,6 @@ from airflow_opportunity_provider.transfers.state import (
 # How long opening a new SQLite state file keeps trying to switch it to WAL while another
 # partition is switching it too.
 _WAL_SWITCH_SECONDS = 10.0
-# Keys per lookup statement: two parameters each, under the 999 bound parameters that SQLite
-# before 3.32 allows (32,766 since).
-_LOOKUP_BATCH = 450 if sqlite3.sqlite_version_info < (3, 32) else 5000
-_COLUMNS = ", ".join(f"s.{column.strip()}" for column in _RECORD_COLUMNS.split(","))
 
 
 def is_busy(error: BaseException) -> bool:
@@ -186,11 +184,11 @@ class SqliteKeyLookup:
             f"LEFT JOIN {table} s ON s.sync_name = ? AND s.key_digest = b.d "
             "WHERE b.n NOT IN (SELECT n FROM w)"
         )
-        padding = ", NULL" * (len(_COLUMNS.split(",")) - 2)
+        padding = ", NULL" * (_RECORD_WIDTH - 2)
         # The rows that need more than counting, and a last row (n = -1) that tells where this
         # batch's rows lie (for the next window): one statement, one hand-back of the GIL.
         self._results = (
-            f"SELECT l.n, r.batch, l.rid <= ?, {_COLUMNS} FROM temp.opportunity_lookup l "
+            f"SELECT l.n, r.batch, l.rid <= ?, {_JOINED_RECORD_COLUMNS} FROM temp.opportunity_lookup l "
             "LEFT JOIN temp.opportunity_seen_rows r ON r.rid = l.rid "
             f"LEFT JOIN {table} s ON s.rowid = l.rid "
             "WHERE l.settled = 0 OR l.rid IS NULL OR l.rid > ? OR r.batch < ? "
@@ -243,8 +241,8 @@ class SqliteKeyLookup:
         # Each statement in autocommit: the settled test reads one snapshot, and a record read
         # for an unsettled row may be newer, which only this run can have written, and only for a
         # key it already marked (so that row is a duplicate either way).
-        for offset in range(0, len(rows), _LOOKUP_BATCH):
-            chunk = rows[offset : offset + _LOOKUP_BATCH]
+        for offset in range(0, len(rows), _SETTLED_BATCH):
+            chunk = rows[offset : offset + _SETTLED_BATCH]
             self._batch += 1
             batch = self._batch
             connection.execute(self._fill(len(chunk)), [value for row in chunk for value in row])

@@ -78,8 +78,9 @@ _REJECT_COLUMNS = (
 )
 # The SQLite reader's page cache in KiB: bounded, whatever the table's size.
 _READER_CACHE_KIB = 16384
-# (digest, fingerprint) pairs per query of lookup_unsettled on SQLite: two parameters each, under
-# the 999 bound parameters that SQLite before 3.32 allows (32,766 since).
+# (digest, fingerprint) pairs per query of lookup_unsettled on SQLite (and per batch table of
+# SqliteKeyLookup): two parameters each, under the 999 bound parameters that SQLite before 3.32
+# allows (32,766 since).
 _SETTLED_BATCH = 450 if sqlite3.sqlite_version_info < (3, 32) else 5000
 # The rows lookup_unsettled returns: no state, another fingerprint (or none), or not loaded.
 _UNSETTLED = (
@@ -93,6 +94,8 @@ _RECORD_COLUMNS = (
     "attempted_at, create_hint, source_hash"
 )
 _RECORD_WIDTH = len(_RECORD_COLUMNS.split(","))
+# The record's columns of the state table joined as ``s``.
+_JOINED_RECORD_COLUMNS = ", ".join(f"s.{column.strip()}" for column in _RECORD_COLUMNS.split(","))
 
 if TYPE_CHECKING:
     from airflow_opportunity_provider.transfers.sqlite_state import SqliteLoopWriter
@@ -709,7 +712,7 @@ class SyncState:
             # Elsewhere every key is returned, settled or not: the planner settles them itself.
             records = self.lookup([digest for digest, _ in rows])
             return {digest: records.get(digest) for digest, _ in rows}
-        columns = ", ".join(f"s.{column.strip()}" for column in _RECORD_COLUMNS.split(","))
+        columns = _JOINED_RECORD_COLUMNS
         cursor = self.connection.cursor()
         try:
             if name == "postgresql":
